@@ -1,0 +1,39 @@
+"""Tunables of fastbp's compiled kernels, in one place.
+
+Every kernel takes its compilation flags and size thresholds from here, so
+that they can be measured and changed without touching the kernels.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numba
+
+#: LLVM fast-math flags for every CPU kernel.  ``reassoc`` lets reductions
+#: (dot products, column sums) vectorise; ``contract`` allows FMA.  ``nnan``
+#: and ``ninf`` are deliberately absent: they would let LLVM delete the
+#: finiteness checks (numba #2919, #6217).  ``afn`` is absent so that exp,
+#: log and erf keep libm accuracy.
+FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
+
+#: Work (multiply-adds of one kernel call) from which the ``parallel=True``
+#: twin of a kernel is used instead of its serial twin.  A parallel region
+#: costs a few microseconds to open here, and threads that slept take tens of
+#: microseconds to wake, so small calls stay serial.
+PARALLEL_MIN_WORK = 1 << 18
+
+#: Threading layers in order of preference.  OpenMP opens a parallel region in
+#: about 2 us on the reference machine, TBB in about 5 us and workqueue in
+#: 80-90 us; Numba would silently prefer TBB when it is installed.  A user's
+#: ``NUMBA_THREADING_LAYER`` or ``NUMBA_THREADING_LAYER_PRIORITY`` wins.
+THREADING_LAYER_PRIORITY = ("omp", "tbb", "workqueue")
+
+
+def _apply_threading_preference() -> None:
+    if "NUMBA_THREADING_LAYER" in os.environ or "NUMBA_THREADING_LAYER_PRIORITY" in os.environ:
+        return
+    numba.config.THREADING_LAYER_PRIORITY = list(THREADING_LAYER_PRIORITY)
+
+
+_apply_threading_preference()

@@ -1,0 +1,174 @@
+"""Per-layer kernels: the forward product and the four backpropagation equations.
+
+Each public kernel takes only arrays and integers, so it can be called from
+Python or from a user's own ``@njit`` function.  It runs its serial twin for
+small problems and its ``parallel=True`` twin from
+``fastbp.config.PARALLEL_MIN_WORK`` multiply-adds on; both twins are also
+exported (``*_serial``, ``*_parallel``) for callers that want to choose.
+
+Arrays are 2-D row-major with one sample per row; shapes must agree (they are
+not checked here: these are the trusting inner layer of the library).
+"""
+
+from __future__ import annotations
+
+from numba import get_num_threads, njit
+
+from ..config import FASTMATH, PARALLEL_MIN_WORK
+from . import _layers
+from ._twins import twins
+
+__all__ = [
+    "backprop_delta",
+    "bias_grad",
+    "linear_forward",
+    "output_delta",
+    "weight_bias_grad",
+    "weight_grad",
+]
+
+_dispatch = njit(fastmath=FASTMATH)
+
+linear_forward_serial, linear_forward_parallel = twins(_layers.linear_forward_body)
+backprop_delta_serial, backprop_delta_parallel = twins(_layers.backprop_delta_body)
+weight_grad_serial, weight_grad_parallel = twins(_layers.weight_grad_body)
+bias_grad_serial, bias_grad_parallel = twins(_layers.bias_grad_body)
+weight_bias_grad_serial, weight_bias_grad_parallel = twins(_layers.weight_bias_grad_body)
+
+
+@_dispatch
+def _parallel_pays(work):
+    return work >= PARALLEL_MIN_WORK and get_num_threads() > 1
+
+
+@_dispatch
+def linear_forward(W, b, a_prev, act, z, a):
+    """Forward product with the activation fused: z^l = a^{l-1} (W^l)^T + b^l, a^l = σ(z^l).
+
+    Per sample n: z^l_nj = Σ_k w^l_jk a^{l-1}_nk + b^l_j and a^l_nj = σ_l(z^l_nj)
+    (softmax over the row).
+
+    Parameters
+    ----------
+    W : (n_l, n_{l-1}) float array
+    b : (n_l,) float array
+    a_prev : (N, n_{l-1}) float array
+        a^{l-1}, the activations of the previous layer (x for l = 1).
+    act : int
+        Activation code of layer l.
+    z, a : (N, n_l) float arrays
+        Outputs; ``a`` may be ``z`` when z^l is not needed.
+    """
+    if _parallel_pays(a_prev.shape[0] * W.shape[0] * W.shape[1]):
+        linear_forward_parallel(W, b, a_prev, act, z, a)
+    else:
+        linear_forward_serial(W, b, a_prev, act, z, a)
+
+
+@_dispatch
+def output_delta(loss, act, z, a, y, delta):
+    """BP1: δ^L = ∇_a C ⊙ σ'(z^L); returns the loss C.
+
+    C is the mean over the N samples.  For a softmax output the product with
+    σ' is the Jacobian-vector product; softmax + cross-entropy fuses to
+    δ^L = (a^L − y)/N, and sigmoid + binary cross-entropy to δ^L = (a^L − y)/N.
+
+    Parameters
+    ----------
+    loss, act : int
+        Loss code and output-activation code.
+    z, a : (N, n_L) float arrays
+        z^L and a^L.
+    y : (N, n_L) float array, or (N,) integer array of class labels
+        Targets; labels stand for their one-hot rows.
+    delta : (N, n_L) float array
+        Output δ^L; may be ``z``.
+
+    Returns
+    -------
+    float
+        C.
+    """
+    return _layers.output_delta_body(loss, act, z, a, y, delta)
+
+
+@_dispatch
+def backprop_delta(W_next, delta_next, z, act, delta):
+    """BP2: δ^l = ((W^{l+1})^T δ^{l+1}) ⊙ σ'(z^l).
+
+    Per sample n: δ^l_nk = (Σ_j δ^{l+1}_nj w^{l+1}_jk) σ_l'(z^l_nk).
+
+    Parameters
+    ----------
+    W_next : (n_{l+1}, n_l) float array
+        W^{l+1}.
+    delta_next : (N, n_{l+1}) float array
+        δ^{l+1}.
+    z : (N, n_l) float array
+        z^l.
+    act : int
+        Activation code of layer l (elementwise, not softmax).
+    delta : (N, n_l) float array
+        Output δ^l; must not alias ``z`` or ``delta_next``.
+    """
+    if _parallel_pays(z.shape[0] * W_next.shape[0] * W_next.shape[1]):
+        backprop_delta_parallel(W_next, delta_next, z, act, delta)
+    else:
+        backprop_delta_serial(W_next, delta_next, z, act, delta)
+
+
+@_dispatch
+def weight_grad(delta, a_prev, grad_W):
+    """BP3: ∂C/∂w^l_jk = Σ_n a^{l-1}_nk δ^l_nj, accumulated over the minibatch.
+
+    Parameters
+    ----------
+    delta : (N, n_l) float array
+        δ^l.
+    a_prev : (N, n_{l-1}) float array
+        a^{l-1}.
+    grad_W : (n_l, n_{l-1}) float array
+        Output, overwritten.
+    """
+    if _parallel_pays(delta.shape[0] * grad_W.shape[0] * grad_W.shape[1]):
+        weight_grad_parallel(delta, a_prev, grad_W)
+    else:
+        weight_grad_serial(delta, a_prev, grad_W)
+
+
+@_dispatch
+def bias_grad(delta, grad_b):
+    """BP4: ∂C/∂b^l_j = Σ_n δ^l_nj.
+
+    Parameters
+    ----------
+    delta : (N, n_l) float array
+        δ^l.
+    grad_b : (n_l,) float array
+        Output, overwritten.
+    """
+    if _parallel_pays(delta.shape[0] * delta.shape[1] * 64):
+        bias_grad_parallel(delta, grad_b)
+    else:
+        bias_grad_serial(delta, grad_b)
+
+
+@_dispatch
+def weight_bias_grad(delta, a_prev, grad_W, grad_b):
+    """BP3 and BP4 in one sweep over δ^l.
+
+    ∂C/∂w^l_jk = Σ_n a^{l-1}_nk δ^l_nj and ∂C/∂b^l_j = Σ_n δ^l_nj.
+
+    Parameters
+    ----------
+    delta : (N, n_l) float array
+    a_prev : (N, n_{l-1}) float array
+    grad_W : (n_l, n_{l-1}) float array
+        Output, overwritten.
+    grad_b : (n_l,) float array
+        Output, overwritten.
+    """
+    if _parallel_pays(delta.shape[0] * grad_W.shape[0] * grad_W.shape[1]):
+        weight_bias_grad_parallel(delta, a_prev, grad_W, grad_b)
+    else:
+        weight_bias_grad_serial(delta, a_prev, grad_W, grad_b)

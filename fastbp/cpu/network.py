@@ -1,0 +1,163 @@
+"""Whole-network kernels: the forward pass and the fused loss-and-gradient step.
+
+They take only arrays and integers (flat θ, layer widths, activation codes,
+loss code, x, y, the gradient to write and a preallocated workspace), so a
+user's own ``@njit`` training loop can call them.  They allocate nothing.
+
+Layout: θ as in :mod:`fastbp.layout`; the workspace holds [z^1, a^1, z^2,
+a^2, ...], each (N, n_l) row-major, ``fastbp.layout.workspace_size(sizes, N)``
+elements in all.  The backward pass keeps δ^L in the z^L buffer and δ^l
+(l < L) in the a^l buffer, which is free once ∂C/∂W^{l+1} has been formed.
+"""
+
+from __future__ import annotations
+
+from numba import get_num_threads, njit
+
+from ..config import FASTMATH, PARALLEL_MIN_WORK
+from ..layout import activation_offset, weight_offset
+from . import _layers
+from ._twins import twins
+
+__all__ = ["forward", "loss_and_grad"]
+
+
+@njit(inline="always")
+def _forward_body(params, sizes, acts, x, work):
+    L = sizes.shape[0] - 1
+    N = x.shape[0]
+    for l in range(L):
+        n_in = sizes[l]
+        n_out = sizes[l + 1]
+        wo = weight_offset(sizes, l)
+        bo = wo + n_out * n_in
+        W = params[wo:bo].reshape((n_out, n_in))
+        b = params[bo : bo + n_out]
+        zo = activation_offset(sizes, l, N)
+        Z = work[zo : zo + N * n_out].reshape((N, n_out))
+        A = work[zo + N * n_out : zo + 2 * N * n_out].reshape((N, n_out))
+        if l == 0:
+            _layers.linear_forward_body(W, b, x, acts[l], Z, A)
+        else:
+            po = zo - N * n_in
+            P = work[po:zo].reshape((N, n_in))
+            _layers.linear_forward_body(W, b, P, acts[l], Z, A)
+
+
+def _forward_impl(params, sizes, acts, x, out, work):
+    _forward_body(params, sizes, acts, x, work)
+    L = sizes.shape[0] - 1
+    N = x.shape[0]
+    n_out = sizes[L]
+    ao = activation_offset(sizes, L - 1, N) + N * n_out
+    A = work[ao : ao + N * n_out].reshape((N, n_out))
+    for r in range(N):
+        for j in range(n_out):
+            out[r, j] = A[r, j]
+
+
+def _loss_and_grad_impl(params, sizes, acts, loss, x, y, grad, work):
+    L = sizes.shape[0] - 1
+    N = x.shape[0]
+    _forward_body(params, sizes, acts, x, work)
+
+    # BP1 into the z^L buffer.
+    nL = sizes[L]
+    zo = activation_offset(sizes, L - 1, N)
+    ZL = work[zo : zo + N * nL].reshape((N, nL))
+    AL = work[zo + N * nL : zo + 2 * N * nL].reshape((N, nL))
+    total = _layers.output_delta_body(loss, acts[L - 1], ZL, AL, y, ZL)
+
+    for l in range(L - 1, -1, -1):
+        n_in = sizes[l]
+        n_out = sizes[l + 1]
+        wo = weight_offset(sizes, l)
+        bo = wo + n_out * n_in
+        gW = grad[wo:bo].reshape((n_out, n_in))
+        gb = grad[bo : bo + n_out]
+        zo = activation_offset(sizes, l, N)
+        if l == L - 1:
+            D = work[zo : zo + N * n_out].reshape((N, n_out))
+        else:
+            D = work[zo + N * n_out : zo + 2 * N * n_out].reshape((N, n_out))
+        # BP3 + BP4
+        if l == 0:
+            _layers.weight_bias_grad_body(D, x, gW, gb)
+        else:
+            po = zo - N * n_in  # a^{l-1}
+            P = work[po:zo].reshape((N, n_in))
+            _layers.weight_bias_grad_body(D, P, gW, gb)
+            # BP2: δ^{l-1} into the a^{l-1} buffer.
+            W = params[wo:bo].reshape((n_out, n_in))
+            Zp = work[po - N * n_in : po].reshape((N, n_in))
+            _layers.backprop_delta_body(W, D, Zp, acts[l - 1], P)
+    return total
+
+
+_forward_serial, _forward_parallel = twins(_forward_impl)
+_loss_and_grad_serial, _loss_and_grad_parallel = twins(_loss_and_grad_impl)
+
+
+@njit(fastmath=FASTMATH)
+def _network_parallel_pays(params, x):
+    return x.shape[0] * params.shape[0] >= PARALLEL_MIN_WORK and get_num_threads() > 1
+
+
+@njit(fastmath=FASTMATH)
+def forward(params, sizes, acts, x, out, work):
+    """Forward pass of the whole network: a^l = σ_l(W^l a^{l-1} + b^l), l = 1..L; out = a^L.
+
+    Parameters
+    ----------
+    params : 1-D float array
+        θ in the layout of :mod:`fastbp.layout`.
+    sizes : 1-D int64 array
+        Layer widths [n0, ..., nL].
+    acts : 1-D int64 array
+        Activation code of each of the L layers.
+    x : (N, n0) float array
+        Inputs, one sample per row.
+    out : (N, nL) float array
+        Output a^L.
+    work : 1-D float array
+        Workspace of at least ``fastbp.layout.workspace_size(sizes, N)`` elements.
+    """
+    if _network_parallel_pays(params, x):
+        _forward_parallel(params, sizes, acts, x, out, work)
+    else:
+        _forward_serial(params, sizes, acts, x, out, work)
+
+
+@njit(fastmath=FASTMATH)
+def loss_and_grad(params, sizes, acts, loss, x, y, grad, work):
+    """Loss C and its gradient ∂C/∂θ for one minibatch, by backpropagation.
+
+    Runs the forward pass, then BP1 δ^L = ∇_a C ⊙ σ'(z^L), and for l = L..1
+    BP3 ∂C/∂w^l_jk = Σ_n a^{l-1}_nk δ^l_nj with BP4 ∂C/∂b^l_j = Σ_n δ^l_nj in
+    the same sweep, and BP2 δ^{l-1} = ((W^l)^T δ^l) ⊙ σ'(z^{l-1}).
+
+    Parameters
+    ----------
+    params : 1-D float array
+        θ.
+    sizes : 1-D int64 array
+        Layer widths [n0, ..., nL].
+    acts : 1-D int64 array
+        Activation code of each layer.
+    loss : int
+        Loss code (``fastbp.losses.CODES``).
+    x : (N, n0) float array
+    y : (N, nL) float array, or (N,) int array of class labels
+    grad : 1-D float array
+        Output ∂C/∂θ, laid out like ``params``; overwritten.
+    work : 1-D float array
+        Workspace of at least ``fastbp.layout.workspace_size(sizes, N)`` elements.
+
+    Returns
+    -------
+    float
+        C, the mean loss over the minibatch.
+    """
+    if _network_parallel_pays(params, x):
+        return _loss_and_grad_parallel(params, sizes, acts, loss, x, y, grad, work)
+    return _loss_and_grad_serial(params, sizes, acts, loss, x, y, grad, work)

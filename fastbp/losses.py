@@ -1,0 +1,123 @@
+"""Loss functions: integer codes, C and δ^L = ∂C/∂z^L for one sample.
+
+C is the mean over the minibatch of N samples:
+
+- ``mse``:                  C = 1/(2N) Σ_n Σ_j (a^L_nj − y_nj)²
+- ``cross_entropy``:        C = −1/N Σ_n Σ_j y_nj log a^L_nj   (softmax output)
+- ``binary_cross_entropy``: C = −1/N Σ_n Σ_j [y log a + (1−y) log(1−a)]   (sigmoid output)
+
+Both cross-entropies are evaluated from z^L (log-sum-exp and
+``max(z,0) − z y + log1p(e^−|z|)``), never as ``log`` of a rounded
+probability, so they are finite for any finite z.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from .activations import SIGMOID, SOFTMAX, derivative
+from .config import FASTMATH
+
+__all__ = [
+    "BINARY_CROSS_ENTROPY",
+    "CODES",
+    "CROSS_ENTROPY",
+    "MSE",
+    "NAMES",
+    "REQUIRED_OUTPUT",
+    "output_delta_row",
+]
+
+MSE = 0
+CROSS_ENTROPY = 1
+BINARY_CROSS_ENTROPY = 2
+
+#: Names in code order.
+NAMES = ("mse", "cross_entropy", "binary_cross_entropy")
+#: Name -> code.
+CODES = {name: code for code, name in enumerate(NAMES)}
+#: The output activation a loss requires (None: any).
+REQUIRED_OUTPUT = {MSE: None, CROSS_ENTROPY: SOFTMAX, BINARY_CROSS_ENTROPY: SIGMOID}
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def output_delta_row(loss, act, z, a, y, label, scale, delta):
+    """BP1 for one sample: δ^L = ∇_a C ⊙ σ'(z^L); returns this sample's loss term.
+
+    With ``label >= 0`` the target is the one-hot vector of ``label`` and ``y``
+    is not read; otherwise the target is the row ``y``.  ``scale`` is the
+    sample's weight in C (1/N for the plain mean).  ``delta`` may be ``z``.
+
+    - mse: δ_j = s (a_j − y_j) σ'(z_j); for a softmax output the
+      Jacobian-vector product δ_j = a_j (g_j − Σ_i g_i a_i), g = s (a − y).
+    - cross_entropy (softmax): δ_j = s (a_j Σ_i y_i − y_j), which is
+      s (a_j − y_j) for one-hot or probability targets.
+    - binary_cross_entropy (sigmoid): δ_j = s (a_j − y_j).
+
+    Parameters
+    ----------
+    loss, act : int
+        Loss and output-activation codes.
+    z, a : 1-D float arrays
+        z^L and a^L of the sample.
+    y : 1-D float array
+        Target row (ignored when ``label >= 0``).
+    label : int
+        Class label, or -1 to use ``y``.
+    scale : float
+        Weight of the sample in the mean (the same dtype as ``z``).
+    delta : 1-D float array
+        Output: δ^L of the sample.
+
+    Returns
+    -------
+    float
+        The sample's unscaled loss term (Σ_j of the summand of C).
+    """
+    n = z.shape[0]
+    T = z.dtype.type
+    zero = T(0.0)
+    one = T(1.0)
+    total = 0.0
+    if loss == CROSS_ENTROPY:
+        m = z[0]
+        for i in range(1, n):
+            if z[i] > m:
+                m = z[i]
+        s = zero
+        for i in range(n):
+            s += np.exp(z[i] - m)
+        lse = m + np.log(s)
+        sy = zero
+        for i in range(n):
+            yi = (one if i == label else zero) if label >= 0 else y[i]
+            sy += yi
+            total += yi * (lse - z[i])
+        for i in range(n):
+            yi = (one if i == label else zero) if label >= 0 else y[i]
+            delta[i] = scale * (a[i] * sy - yi)
+    elif loss == BINARY_CROSS_ENTROPY:
+        for i in range(n):
+            yi = (one if i == label else zero) if label >= 0 else y[i]
+            zi = z[i]
+            total += max(zi, zero) - zi * yi + np.log1p(np.exp(-abs(zi)))
+            delta[i] = scale * (a[i] - yi)
+    else:  # MSE
+        if act == SOFTMAX:
+            ga = zero
+            for i in range(n):
+                yi = (one if i == label else zero) if label >= 0 else y[i]
+                d = a[i] - yi
+                total += 0.5 * d * d
+                ga += d * a[i]
+            for i in range(n):
+                yi = (one if i == label else zero) if label >= 0 else y[i]
+                delta[i] = scale * a[i] * ((a[i] - yi) - ga)
+        else:
+            for i in range(n):
+                yi = (one if i == label else zero) if label >= 0 else y[i]
+                d = a[i] - yi
+                total += 0.5 * d * d
+                delta[i] = scale * d * derivative(act, z[i])  # reads z[i] before delta may overwrite it
+    return total

@@ -1,0 +1,429 @@
+"""``fastbp.MLP``: validation, backend dispatch, save and load.
+
+The model owns one flat parameter vector θ (``params``); ``weights`` and
+``biases`` are views into it.  Every public method validates its arguments
+completely before it touches θ or an output array, so a call that raises
+leaves the model as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+from collections.abc import Sequence
+
+import numpy as np
+
+from . import activations as _A
+from . import losses as _L
+from . import reference as _ref
+from ._validation import (
+    _all_finite,
+    _bounds,
+    _label_bounds,
+    as_array,
+    as_float_matrix,
+    check_batch,
+    check_dtype,
+    check_int,
+)
+from .layout import n_params, split_params, workspace_size
+
+__all__ = ["MLP"]
+
+BACKENDS = ("cpu", "numpy", "cuda")
+INITS = ("xavier", "he")
+_FILE_FORMAT = "fastbp-mlp"
+_FILE_VERSION = 1
+_MAX_CACHED_WORKSPACES = 4
+
+
+def _check_sizes(sizes) -> tuple[int, ...]:
+    if isinstance(sizes, (str, bytes)) or not isinstance(sizes, (Sequence, np.ndarray)):
+        raise TypeError(f"sizes: expected a sequence of layer widths [n0, n1, ..., nL], got {sizes!r}")
+    sizes = list(sizes)
+    if len(sizes) < 2:
+        raise ValueError(f"sizes: expected at least two widths (input and output), got {sizes}")
+    out = []
+    for i, s in enumerate(sizes):
+        out.append(check_int(f"sizes[{i}]", s, minimum=1))
+    return tuple(out)
+
+
+def _check_activations(activations, n_layers: int) -> tuple[str, ...]:
+    if isinstance(activations, str):
+        names = [activations] * n_layers
+    elif isinstance(activations, Sequence):
+        names = list(activations)
+        if len(names) != n_layers:
+            raise ValueError(
+                f"activations: expected one name or a sequence of {n_layers} names (one per layer), "
+                f"got {len(names)}"
+            )
+    else:
+        raise TypeError(f"activations: expected a name or a sequence of names, got {activations!r}")
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or name not in _A.CODES:
+            raise ValueError(f"activations[{i}]: unknown activation {name!r}; expected one of {', '.join(_A.NAMES)}")
+    for i, name in enumerate(names[:-1]):
+        if name == "softmax":
+            raise ValueError(f"activations[{i}]: softmax is allowed on the output layer only")
+    return tuple(names)
+
+
+def _check_loss(loss, output_activation: str) -> str:
+    if not isinstance(loss, str) or loss not in _L.CODES:
+        raise ValueError(f"loss: unknown loss {loss!r}; expected one of {', '.join(_L.NAMES)}")
+    required = _L.REQUIRED_OUTPUT[_L.CODES[loss]]
+    if required is not None and _A.CODES[output_activation] != required:
+        need = _A.NAMES[required]
+        raise ValueError(
+            f"loss: {loss!r} needs a {need} output layer, but the last activation is {output_activation!r}"
+        )
+    return loss
+
+
+def _rng(seed) -> np.random.Generator:
+    if seed is None or isinstance(seed, np.random.Generator):
+        return np.random.default_rng(seed)
+    return np.random.default_rng(check_int("seed", seed, minimum=0))
+
+
+class MLP:
+    """A multilayer perceptron trained by backpropagation with compiled kernels.
+
+    Parameters
+    ----------
+    sizes : sequence of int
+        Layer widths [n0, n1, ..., nL]: n0 inputs, nL outputs, at least two entries.
+    activations : str or sequence of str, default "sigmoid"
+        One activation for every layer, or one per layer (L names).  Any of
+        identity, sigmoid, tanh, relu, leaky_relu, softplus, elu, gelu, and
+        softmax (output layer only).
+    loss : {"mse", "cross_entropy", "binary_cross_entropy"}, default "mse"
+        ``cross_entropy`` needs a softmax output, ``binary_cross_entropy`` a sigmoid one.
+    dtype : np.float32 or np.float64, default np.float32
+        Precision of parameters, activations and gradients.  Inputs are
+        converted to it; outputs have it.
+    init : {"xavier", "he"}, default "xavier"
+        Xavier (Glorot) uniform, U(±sqrt(6 / (n_in + n_out))), or He normal,
+        N(0, 2 / n_in).  Biases start at zero.
+    seed : int, numpy.random.Generator or None
+        Seed of the initialisation.
+    backend : {"cpu", "numpy", "cuda"}, default "cpu"
+        ``cpu``: Numba-compiled kernels; ``numpy``: the NumPy reference;
+        ``cuda``: Numba CUDA kernels.
+
+    Attributes
+    ----------
+    params : 1-D ndarray
+        θ = [W^1.ravel(), b^1, W^2.ravel(), b^2, ...], writable in place.
+    weights, biases : tuple of ndarray
+        Views into ``params``: W^l of shape (n_l, n_{l-1}) and b^l of shape (n_l,).
+    """
+
+    def __init__(
+        self,
+        sizes,
+        activations="sigmoid",
+        loss: str = "mse",
+        dtype=np.float32,
+        init: str = "xavier",
+        seed=None,
+        backend: str = "cpu",
+    ):
+        self.sizes = _check_sizes(sizes)
+        self.activations = _check_activations(activations, len(self.sizes) - 1)
+        self.loss = _check_loss(loss, self.activations[-1])
+        self.dtype = check_dtype(dtype)
+        if init not in INITS:
+            raise ValueError(f"init: unknown initialisation {init!r}; expected one of {', '.join(INITS)}")
+        self.init = init
+        rng = _rng(seed)
+        self.backend = self._check_backend(backend)
+        self._setup()
+        for W in self.weights:
+            n_out, n_in = W.shape
+            if init == "xavier":
+                lim = np.sqrt(6.0 / (n_in + n_out))
+                W[...] = rng.uniform(-lim, lim, size=W.shape)
+            else:
+                W[...] = rng.standard_normal(W.shape) * np.sqrt(2.0 / n_in)
+
+    # -- construction helpers ---------------------------------------------------------------
+
+    @staticmethod
+    def _check_backend(backend) -> str:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend: unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+        if backend == "cuda":
+            raise NotImplementedError(
+                "backend: 'cuda' is not available yet in this version of fastbp; use 'cpu' or 'numpy'"
+            )
+        return backend
+
+    def _setup(self, params: np.ndarray | None = None) -> None:
+        self._sizes_arr = np.array(self.sizes, dtype=np.int64)
+        self._acts_arr = np.array([_A.CODES[a] for a in self.activations], dtype=np.int64)
+        self._loss_code = _L.CODES[self.loss]
+        self._params = np.zeros(n_params(self.sizes), dtype=self.dtype) if params is None else params
+        self._weights, self._biases = split_params(self._params, self.sizes)
+        self._workspaces: dict[int, np.ndarray] = {}
+
+    # -- parameters ---------------------------------------------------------------------------
+
+    @property
+    def params(self) -> np.ndarray:
+        """θ, the flat parameter vector (writable in place; assignment copies into it)."""
+        return self._params
+
+    @params.setter
+    def params(self, value) -> None:
+        arr = as_array("params", value)
+        if arr.shape != self._params.shape:
+            raise ValueError(f"params: expected shape {self._params.shape}, got {arr.shape}")
+        arr = arr.astype(self.dtype, copy=False)
+        if not _all_finite(arr):
+            raise ValueError("params: contains NaN or infinity")
+        self._params[...] = arr
+
+    @property
+    def weights(self) -> tuple[np.ndarray, ...]:
+        """W^1..W^L, views into ``params`` of shape (n_l, n_{l-1})."""
+        return self._weights
+
+    @property
+    def biases(self) -> tuple[np.ndarray, ...]:
+        """b^1..b^L, views into ``params`` of shape (n_l,)."""
+        return self._biases
+
+    @property
+    def n_params(self) -> int:
+        """Length of θ."""
+        return self._params.shape[0]
+
+    def __repr__(self) -> str:
+        return (
+            f"MLP(sizes={list(self.sizes)}, activations={list(self.activations)}, loss={self.loss!r}, "
+            f"dtype=np.{self.dtype.name}, backend={self.backend!r})"
+        )
+
+    # -- input checks -------------------------------------------------------------------------
+
+    def _workspace(self, n: int) -> np.ndarray:
+        w = self._workspaces.get(n)
+        if w is None:
+            if len(self._workspaces) >= _MAX_CACHED_WORKSPACES:
+                self._workspaces.pop(next(iter(self._workspaces)))
+            w = np.empty(workspace_size(self.sizes, n), dtype=self.dtype)
+            self._workspaces[n] = w
+        return w
+
+    def _check_x(self, x, name: str = "x") -> tuple[np.ndarray, bool]:
+        arr = as_array(name, x)
+        single = arr.ndim == 1
+        arr = check_batch(name, arr, self.sizes[0])
+        return as_float_matrix(name, arr, self.dtype), single
+
+    def _check_y(self, y, n: int, name: str = "y") -> np.ndarray:
+        """Targets as a C-contiguous (N, nL) float array or an (N,) int64 label array."""
+        n_out = self.sizes[-1]
+        arr = as_array(name, y)
+        if arr.ndim == 0:
+            arr = arr.reshape(1)
+        if arr.ndim == 1 and n == 1 and arr.shape[0] == n_out and n_out > 1:
+            arr = arr.reshape(1, n_out)
+        if arr.ndim == 2:
+            if arr.shape != (n, n_out):
+                raise ValueError(f"{name}: expected shape ({n}, {n_out}) to match x, got {arr.shape}")
+            return self._check_target_values(name, as_float_matrix(name, arr, self.dtype))
+        if arr.ndim != 1:
+            raise ValueError(f"{name}: expected shape ({n}, {n_out}) or ({n},), got {arr.shape}")
+        if arr.shape[0] != n:
+            raise ValueError(f"{name}: has {arr.shape[0]} samples but x has {n}")
+        if self.loss != "cross_entropy" and n_out == 1:
+            return self._check_target_values(name, as_float_matrix(name, arr.reshape(n, 1), self.dtype))
+        if arr.dtype.kind == "f":
+            raise TypeError(
+                f"{name}: float labels given where integer class labels are meant; pass integer labels "
+                f"in [0, {n_out}) of shape ({n},), or targets of shape ({n}, {n_out})"
+            )
+        lo, hi = _label_bounds(arr)
+        if lo < 0 or hi >= n_out:
+            raise ValueError(f"{name}: class labels must lie in [0, {n_out}), got values in [{lo}, {hi}]")
+        return np.ascontiguousarray(arr, dtype=np.int64)
+
+    def _check_target_values(self, name: str, y: np.ndarray) -> np.ndarray:
+        if self.loss in ("cross_entropy", "binary_cross_entropy"):
+            lo, hi = _bounds(y)
+            if lo < 0 or hi > 1:
+                raise ValueError(
+                    f"{name}: {self.loss} targets must be probabilities in [0, 1], got values in [{lo}, {hi}]"
+                )
+        return y
+
+    def _check_out(self, out) -> np.ndarray:
+        if out is None:
+            return np.empty_like(self._params)
+        if not isinstance(out, np.ndarray):
+            raise TypeError(f"out: expected a numpy.ndarray, got {type(out).__name__}")
+        if out.dtype != self.dtype:
+            raise TypeError(f"out: expected dtype {self.dtype}, got {out.dtype}")
+        if out.shape != self._params.shape:
+            raise ValueError(f"out: expected shape {self._params.shape}, got {out.shape}")
+        if not out.flags.c_contiguous or not out.flags.writeable:
+            raise ValueError("out: expected a writeable C-contiguous array")
+        if np.may_share_memory(out, self._params):
+            raise ValueError("out: must not share memory with params")
+        return out
+
+    # -- computation ----------------------------------------------------------------------------
+
+    def predict(self, x) -> np.ndarray:
+        """Network output a^L.
+
+        Parameters
+        ----------
+        x : array_like, shape (N, n0) or (n0,)
+            Inputs, one sample per row; a 1-D x is one sample.
+
+        Returns
+        -------
+        ndarray of shape (N, nL), or (nL,) for a 1-D x, in the model's dtype.
+        """
+        xa, single = self._check_x(x)
+        if self.backend == "numpy":
+            out = _ref.forward(self._params, self.sizes, self._acts_arr, xa)
+        else:
+            from .cpu import forward
+
+            out = np.empty((xa.shape[0], self.sizes[-1]), dtype=self.dtype)
+            forward(self._params, self._sizes_arr, self._acts_arr, xa, out, self._workspace(xa.shape[0]))
+        return out[0] if single else out
+
+    def loss_and_grad(self, x, y, out: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+        """Mean loss C over a minibatch and its gradient ∂C/∂θ.
+
+        Parameters
+        ----------
+        x : array_like, shape (N, n0) or (n0,)
+            Inputs.
+        y : array_like
+            Targets of shape (N, nL); or integer class labels of shape (N,)
+            (cross-entropy, or any loss with nL > 1: labels stand for one-hot
+            rows); or, for a single output (nL = 1), values of shape (N,).
+        out : ndarray, optional
+            Where to write the gradient: C-contiguous, of the model's dtype and
+            shape ``params.shape``.  Nothing is allocated when given.
+
+        Returns
+        -------
+        loss : float
+        grad : ndarray
+            ∂C/∂θ laid out like ``params`` (``out`` when given).
+        """
+        xa, _ = self._check_x(x)
+        ya = self._check_y(y, xa.shape[0])
+        g = self._check_out(out)
+        if self.backend == "numpy":
+            loss, ref = _ref.loss_and_grad(self._params, self.sizes, self._acts_arr, self._loss_code, xa, ya)
+            g[...] = ref
+            return loss, g
+        from .cpu import loss_and_grad
+
+        work = self._workspace(xa.shape[0])
+        loss = loss_and_grad(self._params, self._sizes_arr, self._acts_arr, self._loss_code, xa, ya, g, work)
+        return float(loss), g
+
+    # -- persistence ----------------------------------------------------------------------------
+
+    def save(self, path) -> None:
+        """Write the model to ``path`` (a .npz archive), atomically.
+
+        The archive is written to a temporary file in the same directory and
+        renamed over ``path``, so a crash never leaves a half-written model.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            Destination file; written exactly as named.
+        """
+        path = os.fspath(path)
+        directory = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(
+                    f,
+                    format=np.array(_FILE_FORMAT),
+                    version=np.array(_FILE_VERSION),
+                    sizes=np.array(self.sizes, dtype=np.int64),
+                    activations=np.array(self.activations),
+                    loss=np.array(self.loss),
+                    dtype=np.array(self.dtype.name),
+                    init=np.array(self.init),
+                    params=self._params,
+                )
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path, backend: str = "cpu") -> MLP:
+        """Read a model written by :meth:`save`.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+        backend : {"cpu", "numpy", "cuda"}, default "cpu"
+
+        Returns
+        -------
+        MLP
+
+        Raises
+        ------
+        FileNotFoundError
+            If ``path`` does not exist.
+        ValueError
+            If the file is not a fastbp model or its contents are inconsistent.
+        """
+        path = os.fspath(path)
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                data = {k: f[k] for k in f.files}
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise ValueError(f"path: {path!r} is not a readable fastbp model file ({e})") from None
+        if not isinstance(data, dict) or str(data.get("format", "")) != _FILE_FORMAT:
+            raise ValueError(f"path: {path!r} is not a fastbp model file")
+        if int(data.get("version", -1)) != _FILE_VERSION:
+            raise ValueError(f"path: {path!r} has unsupported format version {data.get('version')}")
+        try:
+            sizes = [int(v) for v in data["sizes"]]
+            activations = [str(v) for v in data["activations"]]
+            loss = str(data["loss"])
+            dtype = str(data["dtype"])
+            init = str(data.get("init", "xavier"))
+            params = data["params"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"path: {path!r} is a damaged fastbp model file ({e})") from None
+        try:
+            net = cls(sizes, activations, loss, dtype=dtype, init=init if init in INITS else "xavier", backend=backend)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"path: {path!r} holds an invalid model description ({e})") from None
+        if params.dtype != net.dtype or params.shape != net._params.shape:
+            raise ValueError(
+                f"path: {path!r} holds params of dtype {params.dtype} and shape {params.shape}; "
+                f"expected {net.dtype} and {net._params.shape}"
+            )
+        if not _all_finite(params):
+            raise ValueError(f"path: {path!r} holds non-finite parameters")
+        net._params[...] = params
+        return net
