@@ -293,16 +293,28 @@ class MLP:
         ndarray of shape (N, nL), or (nL,) for a 1-D x, in the model's dtype.
         """
         xa, single = self._check_x(x)
-        if self.backend == "numpy":
-            out = _ref.forward(self._params, self.sizes, self._acts_arr, xa)
-        else:
-            from .cpu import forward
-
-            out = np.empty((xa.shape[0], self.sizes[-1]), dtype=self.dtype)
-            forward(self._params, self._sizes_arr, self._acts_arr, xa, out, self._workspace(xa.shape[0]))
+        out = self._forward_checked(xa)
         return out[0] if single else out
 
-    def loss_and_grad(self, x, y, out: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+    def _forward_checked(self, xa: np.ndarray) -> np.ndarray:
+        if self.backend == "numpy":
+            return _ref.forward(self._params, self.sizes, self._acts_arr, xa)
+        from .cpu import forward
+
+        out = np.empty((xa.shape[0], self.sizes[-1]), dtype=self.dtype)
+        forward(self._params, self._sizes_arr, self._acts_arr, xa, out, self._workspace(xa.shape[0]))
+        return out
+
+    def _loss_checked(self, xa: np.ndarray, ya: np.ndarray) -> float:
+        g = np.empty_like(self._params)
+        if self.backend == "numpy":
+            return _ref.loss_and_grad(self._params, self.sizes, self._acts_arr, self._loss_code, xa, ya)[0]
+        from .cpu import loss_and_grad
+
+        work = self._workspace(xa.shape[0])
+        return float(loss_and_grad(self._params, self._sizes_arr, self._acts_arr, self._loss_code, xa, ya, g, work))
+
+    def loss_and_grad(self, x, y, out: np.ndarray | None = None, sample_weight=None) -> tuple[float, np.ndarray]:
         """Mean loss C over a minibatch and its gradient ∂C/∂θ.
 
         Parameters
@@ -316,6 +328,8 @@ class MLP:
         out : ndarray, optional
             Where to write the gradient: C-contiguous, of the model's dtype and
             shape ``params.shape``.  Nothing is allocated when given.
+        sample_weight : array_like of shape (N,), optional
+            Non-negative weights w_n: C = Σ_n w_n ℓ_n / Σ_n w_n.
 
         Returns
         -------
@@ -323,18 +337,120 @@ class MLP:
         grad : ndarray
             ∂C/∂θ laid out like ``params`` (``out`` when given).
         """
+        from .training import _check_sample_weight
+
         xa, _ = self._check_x(x)
         ya = self._check_y(y, xa.shape[0])
+        sw = _check_sample_weight(sample_weight, xa.shape[0], self.dtype)
         g = self._check_out(out)
         if self.backend == "numpy":
-            loss, ref = _ref.loss_and_grad(self._params, self.sizes, self._acts_arr, self._loss_code, xa, ya)
+            loss, ref = _ref.loss_and_grad(
+                self._params, self.sizes, self._acts_arr, self._loss_code, xa, ya, sample_weight=sw
+            )
             g[...] = ref
             return loss, g
         from .cpu import loss_and_grad
 
         work = self._workspace(xa.shape[0])
-        loss = loss_and_grad(self._params, self._sizes_arr, self._acts_arr, self._loss_code, xa, ya, g, work)
+        loss = loss_and_grad(self._params, self._sizes_arr, self._acts_arr, self._loss_code, xa, ya, g, work, sw)
         return float(loss), g
+
+    def evaluate(self, x, y) -> dict:
+        """Loss (and accuracy, for a classifier) on a data set, without changing anything.
+
+        Parameters
+        ----------
+        x, y : array_like
+            As for :meth:`loss_and_grad`.
+
+        Returns
+        -------
+        dict
+            ``{"loss": float}``, plus ``"accuracy"`` for softmax + cross-entropy
+            (argmax) and sigmoid + binary cross-entropy (threshold 0.5).
+        """
+        from .training import evaluate
+
+        xa, _ = self._check_x(x)
+        ya = self._check_y(y, xa.shape[0])
+        loss, acc = evaluate(self, xa, ya)
+        return {"loss": loss} if acc is None else {"loss": loss, "accuracy": acc}
+
+    def fit(self, x, y, epochs=10, batch_size=32, optimizer="adam", lr=1e-3, shuffle=True, seed=0,
+            validation_data=None, verbose=True, sample_weight=None, schedule="constant", patience=None,
+            min_delta=0.0, restore_best=True, callback=None, clip_norm=None) -> dict:
+        """Train by minibatch gradient descent (or full-batch L-BFGS), continuing from ``params``.
+
+        The minibatch loop of each epoch runs compiled (:func:`fastbp.cpu.train.train_epoch`):
+        gather the shuffled batch, loss and gradient, optional norm clipping, optimizer step.
+
+        Parameters
+        ----------
+        x, y : array_like
+            Training data, as for :meth:`loss_and_grad`.
+        epochs : int, default 10
+            Passes over the data (for L-BFGS: iterations).
+        batch_size : int, default 32
+            Minibatch size; the last batch of an epoch may be smaller.
+        optimizer : str or optimizer object, default "adam"
+            "sgd", "momentum", "nesterov", "adam", "adamw", "lbfgs", or an instance of
+            :class:`fastbp.optim.SGD`, :class:`~fastbp.optim.Adam`, :class:`~fastbp.optim.AdamW`,
+            :class:`~fastbp.optim.LBFGS`.  Its state (momentum, moments) is kept on the model
+            and carries over to the next call of ``fit`` with the same optimizer.
+        lr : float, default 1e-3
+            Learning rate, unless the optimizer object sets its own ``lr``.
+        shuffle : bool, default True
+            Reorder the samples each epoch with ``numpy.random.default_rng(seed).permutation``.
+        seed : int or numpy.random.Generator, default 0
+            Seed of the shuffling: the same seed, data and thread count give bitwise the same params.
+        validation_data : (x_val, y_val), optional
+            Evaluated after each epoch (``val_loss``, ``val_accuracy``).
+        verbose : bool, default True
+            Print one line per epoch: time, loss and metrics.
+        sample_weight : array_like of shape (N,), optional
+            Non-negative per-sample weights (each minibatch loss is the weighted mean).
+        schedule : {"constant", "step", "cosine"} or callable, default "constant"
+            Learning rate per epoch: a name, a :mod:`fastbp.optim` schedule, or ``f(lr, epoch, epochs)``.
+        patience : int, optional
+            Early stopping: stop after ``patience`` epochs without an improvement of more than
+            ``min_delta`` in ``val_loss`` (or ``loss`` without validation data).
+        min_delta : float, default 0
+        restore_best : bool, default True
+            With early stopping, restore the parameters of the best epoch at the end.
+        callback : callable, optional
+            ``callback(epoch, logs, net)`` after each epoch; a true return value stops training.
+        clip_norm : float, optional
+            Clip the gradient to this Euclidean norm before each step.
+
+        Returns
+        -------
+        dict
+            History: lists ``loss``, ``lr``, ``time`` (seconds per epoch), and for classifiers
+            ``accuracy`` (running, over the epoch's minibatches); with validation data
+            ``val_loss`` (and ``val_accuracy``).
+
+        Raises
+        ------
+        ValueError, TypeError
+            On a bad argument, before any parameter changes.
+        FloatingPointError
+            If the loss or gradient becomes non-finite; ``params`` then hold the last finite step.
+        """
+        from .training import fit
+
+        return fit(self, x, y, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, shuffle=shuffle,
+                   seed=seed, validation_data=validation_data, verbose=verbose, sample_weight=sample_weight,
+                   schedule=schedule, patience=patience, min_delta=min_delta, restore_best=restore_best,
+                   callback=callback, clip_norm=clip_norm)
+
+    def _optimizer_state(self, opt) -> tuple[np.ndarray, int]:
+        """The optimizer state kept on the model (reset when the optimizer or its settings change)."""
+        key = (type(opt), opt.hyper())
+        if getattr(self, "_opt_key", None) != key:
+            self._opt_key = key
+            self._opt_buf = np.zeros(2 * self.n_params, dtype=self.dtype)
+            self._opt_t = 0
+        return self._opt_buf, self._opt_t
 
     # -- persistence ----------------------------------------------------------------------------
 

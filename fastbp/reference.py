@@ -108,11 +108,26 @@ def linear_forward(W, b, a_prev, act):
     return z, activation(act, z)
 
 
-def output_delta(loss, act, z, a, y):
-    """BP1: δ^L = ∇_a C ⊙ σ'(z^L); returns (C, δ^L).  ``y`` may be integer labels."""
+def output_delta(loss, act, z, a, y, sample_weight=None):
+    """BP1: δ^L = ∇_a C ⊙ σ'(z^L); returns (C, δ^L).  ``y`` may be integer labels.
+
+    With ``sample_weight`` w, C = Σ_n w_n ℓ_n / Σ_n w_n instead of the plain mean.
+    """
     loss, act = _loss_code(loss), _act_code(act)
-    N = z.shape[0]
     t = _targets(y, z.shape[1], z.dtype)
+    if sample_weight is not None:
+        w = np.asarray(sample_weight, dtype=np.float64)
+        total = w.sum()
+        if total <= 0:
+            return 0.0, np.zeros_like(z)
+        C = 0.0
+        delta = np.empty_like(z)
+        for r in range(z.shape[0]):  # each sample as a batch of one, weighted
+            c, d = output_delta(loss, act, z[r : r + 1], a[r : r + 1], t[r : r + 1])
+            C += w[r] / total * c
+            delta[r] = d[0] * z.dtype.type(w[r] / total)
+        return float(C), delta
+    N = z.shape[0]
     if loss == _L.CROSS_ENTROPY:
         m = z.max(axis=1, keepdims=True)
         lse = m + np.log(np.exp(z - m).sum(axis=1, keepdims=True))
@@ -155,7 +170,7 @@ def forward(params, sizes, acts, x):
     return a
 
 
-def loss_and_grad(params, sizes, acts, loss, x, y):
+def loss_and_grad(params, sizes, acts, loss, x, y, sample_weight=None):
     """(C, ∂C/∂θ) for one minibatch, ∂C/∂θ laid out like ``params``."""
     Ws, bs = split_params(params, sizes)
     acts = [_act_code(a) for a in acts]
@@ -164,7 +179,7 @@ def loss_and_grad(params, sizes, acts, loss, x, y):
         z, a = linear_forward(W, b, as_[-1], act)
         zs.append(z)
         as_.append(a)
-    C, delta = output_delta(loss, acts[-1], zs[-1], as_[-1], y)
+    C, delta = output_delta(loss, acts[-1], zs[-1], as_[-1], y, sample_weight)
     grad = np.empty_like(params)
     gWs, gbs = split_params(grad, sizes)
     for l in range(len(Ws) - 1, -1, -1):

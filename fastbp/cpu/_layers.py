@@ -37,16 +37,32 @@ def linear_forward_body(W, b, a_prev, act, z, a):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def output_delta_body(loss, act, z, a, y, delta):
+def output_delta_body(loss, act, z, a, y, delta, sample_weight=None):
     N = z.shape[0]
-    scale = z.dtype.type(1.0) / z.dtype.type(N)
+    T = z.dtype.type
+    if sample_weight is None:
+        scale = T(1.0) / T(N)
+        total = 0.0
+        for r in range(N):
+            if y.ndim == 1:
+                total += output_delta_row(loss, act, z[r], a[r], a[r], y[r], scale, delta[r])
+            else:
+                total += output_delta_row(loss, act, z[r], a[r], y[r], -1, scale, delta[r])
+        return total / N
+    # Weighted mean: C = Σ_n w_n ℓ_n / Σ_n w_n (zero when every weight is zero).
+    w_total = 0.0
+    for r in range(N):
+        w_total += sample_weight[r]
+    inv = 1.0 / w_total if w_total > 0 else 0.0
     total = 0.0
     for r in range(N):
+        w = sample_weight[r] * inv
         if y.ndim == 1:
-            total += output_delta_row(loss, act, z[r], a[r], a[r], y[r], scale, delta[r])
+            term = output_delta_row(loss, act, z[r], a[r], a[r], y[r], T(w), delta[r])
         else:
-            total += output_delta_row(loss, act, z[r], a[r], y[r], -1, scale, delta[r])
-    return total / N
+            term = output_delta_row(loss, act, z[r], a[r], y[r], -1, T(w), delta[r])
+        total += w * term
+    return total
 
 
 # BP1 is O(N n_L) and serial; it is an ordinary function rather than an inlined

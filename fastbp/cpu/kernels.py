@@ -66,7 +66,7 @@ def linear_forward(W, b, a_prev, act, z, a):
 
 
 @_dispatch
-def output_delta(loss, act, z, a, y, delta):
+def output_delta(loss, act, z, a, y, delta, sample_weight=None):
     """BP1: δ^L = ∇_a C ⊙ σ'(z^L); returns the loss C.
 
     C is the mean over the N samples.  For a softmax output the product with
@@ -83,13 +83,15 @@ def output_delta(loss, act, z, a, y, delta):
         Targets; labels stand for their one-hot rows.
     delta : (N, n_L) float array
         Output δ^L; may be ``z``.
+    sample_weight : (N,) float array, optional
+        Non-negative weights w_n; C becomes Σ_n w_n ℓ_n / Σ_n w_n.
 
     Returns
     -------
     float
         C.
     """
-    return _layers.output_delta_body(loss, act, z, a, y, delta)
+    return _layers.output_delta_body(loss, act, z, a, y, delta, sample_weight)
 
 
 @_dispatch

@@ -56,7 +56,7 @@ def _forward_impl(params, sizes, acts, x, out, work):
             out[r, j] = A[r, j]
 
 
-def _loss_and_grad_impl(params, sizes, acts, loss, x, y, grad, work):
+def _loss_and_grad_impl(params, sizes, acts, loss, x, y, grad, work, sample_weight=None):
     L = sizes.shape[0] - 1
     N = x.shape[0]
     _forward_body(params, sizes, acts, x, work)
@@ -66,7 +66,7 @@ def _loss_and_grad_impl(params, sizes, acts, loss, x, y, grad, work):
     zo = activation_offset(sizes, L - 1, N)
     ZL = work[zo : zo + N * nL].reshape((N, nL))
     AL = work[zo + N * nL : zo + 2 * N * nL].reshape((N, nL))
-    total = _layers.output_delta_body(loss, acts[L - 1], ZL, AL, y, ZL)
+    total = _layers.output_delta_body(loss, acts[L - 1], ZL, AL, y, ZL, sample_weight)
 
     for l in range(L - 1, -1, -1):
         n_in = sizes[l]
@@ -129,7 +129,7 @@ def forward(params, sizes, acts, x, out, work):
 
 
 @njit(fastmath=FASTMATH)
-def loss_and_grad(params, sizes, acts, loss, x, y, grad, work):
+def loss_and_grad(params, sizes, acts, loss, x, y, grad, work, sample_weight=None):
     """Loss C and its gradient ∂C/∂θ for one minibatch, by backpropagation.
 
     Runs the forward pass, then BP1 δ^L = ∇_a C ⊙ σ'(z^L), and for l = L..1
@@ -152,12 +152,14 @@ def loss_and_grad(params, sizes, acts, loss, x, y, grad, work):
         Output ∂C/∂θ, laid out like ``params``; overwritten.
     work : 1-D float array
         Workspace of at least ``fastbp.layout.workspace_size(sizes, N)`` elements.
+    sample_weight : (N,) float array, optional
+        Non-negative weights w_n; C becomes Σ_n w_n ℓ_n / Σ_n w_n.
 
     Returns
     -------
     float
-        C, the mean loss over the minibatch.
+        C, the (weighted) mean loss over the minibatch.
     """
     if _network_parallel_pays(params, x):
-        return _loss_and_grad_parallel(params, sizes, acts, loss, x, y, grad, work)
-    return _loss_and_grad_serial(params, sizes, acts, loss, x, y, grad, work)
+        return _loss_and_grad_parallel(params, sizes, acts, loss, x, y, grad, work, sample_weight)
+    return _loss_and_grad_serial(params, sizes, acts, loss, x, y, grad, work, sample_weight)

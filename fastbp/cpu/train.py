@@ -1,0 +1,130 @@
+"""The compiled training loop: one epoch of minibatch steps with no Python per step."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from ..activations import SIGMOID, SOFTMAX
+from ..config import FASTMATH
+from ..layout import activation_offset
+from .network import loss_and_grad
+from .optim import adam_step, clip_grad_norm, sgd_step
+
+__all__ = ["train_epoch"]
+
+# Slots of the ``stats`` array that train_epoch fills.
+LOSS_SUM, N_SEEN, N_CORRECT, N_COUNTED, DIVERGED, STEPS = range(6)
+
+
+@njit(fastmath=FASTMATH)
+def _count_correct(loss, act, out, y):
+    """(correct, counted) of a batch: argmax for softmax outputs, 0.5 threshold for sigmoid."""
+    N, n = out.shape
+    correct = 0
+    counted = 0
+    if act == SOFTMAX:
+        for r in range(N):
+            best = 0
+            for j in range(1, n):
+                if out[r, j] > out[r, best]:
+                    best = j
+            if y.ndim == 1:
+                target = y[r]
+            else:
+                target = 0
+                for j in range(1, n):
+                    if y[r, j] > y[r, target]:
+                        target = j
+            correct += best == target
+            counted += 1
+    elif act == SIGMOID:
+        for r in range(N):
+            for j in range(n):
+                if y.ndim == 1:
+                    t = y[r] > 0.5
+                else:
+                    t = y[r, j] > 0.5
+                correct += (out[r, j] > 0.5) == t
+                counted += 1
+    return correct, counted
+
+
+@njit(fastmath=FASTMATH)
+def train_epoch(params, sizes, acts, loss, x, y, perm, batch_size, opt, hp, state, t, grad, work, xb, yb, stats,
+                sample_weight=None, swb=None):
+    """Run one epoch of minibatch training in place; returns the step count t after it.
+
+    For each minibatch (the rows ``perm[i*B:(i+1)*B]``, the last one partial):
+    gather it into ``xb``/``yb``, :func:`fastbp.cpu.loss_and_grad`, clip the
+    gradient norm, then one optimizer step.  A step whose loss or gradient is
+    not finite is not applied: the epoch stops and ``stats[DIVERGED]`` is set,
+    so ``params`` always hold the last finite step.
+
+    Parameters
+    ----------
+    params, sizes, acts, loss, x, y
+        As for :func:`fastbp.cpu.loss_and_grad` (x, y: the whole training set).
+    perm : 1-D int64 array
+        Order of the samples in this epoch.
+    batch_size : int
+    opt : int
+        0: SGD (:func:`fastbp.cpu.optim.sgd_step`), 1: Adam (:func:`fastbp.cpu.optim.adam_step`).
+    hp : 1-D float64 array
+        [lr, h1, h2, h3, weight_decay, flag, clip_norm]: for SGD h1 = momentum and flag =
+        nesterov; for Adam h1, h2, h3 = beta1, beta2, eps and flag = decoupled.
+        clip_norm <= 0 disables clipping.
+    state : 1-D float array of 2 * len(params)
+        Optimizer state: [velocity or m, v].
+    t : int
+        Steps taken before this epoch.
+    grad : 1-D float array like params
+    work : workspace for ``batch_size`` samples
+    xb, yb : batch buffers shaped like ``batch_size`` rows of x and y
+    stats : 1-D float64 array of 6
+        Accumulates [loss sum, samples, correct, counted, diverged, steps].
+    sample_weight, swb : 1-D float arrays, optional
+        Per-sample weights of the training set and their batch buffer.
+    """
+    N = x.shape[0]
+    P = params.shape[0]
+    L = sizes.shape[0] - 1
+    nL = sizes[L]
+    n_in = x.shape[1]
+    first = state[:P]
+    second = state[P:]
+    for start in range(0, N, batch_size):
+        m = min(batch_size, N - start)
+        for r in range(m):
+            src = perm[start + r]
+            for k in range(n_in):
+                xb[r, k] = x[src, k]
+            if y.ndim == 1:
+                yb[r] = y[src]
+            else:
+                for j in range(nL):
+                    yb[r, j] = y[src, j]
+        if sample_weight is None:
+            c = loss_and_grad(params, sizes, acts, loss, xb[:m], yb[:m], grad, work)
+        else:
+            for r in range(m):
+                swb[r] = sample_weight[perm[start + r]]
+            c = loss_and_grad(params, sizes, acts, loss, xb[:m], yb[:m], grad, work, swb[:m])
+        norm = clip_grad_norm(grad, hp[6])
+        if not (np.isfinite(c) and np.isfinite(norm)):
+            stats[DIVERGED] = 1.0
+            return t
+        # The batch output a^L is still in the workspace after the backward pass.
+        ao = activation_offset(sizes, L - 1, m) + m * nL
+        correct, counted = _count_correct(loss, acts[L - 1], work[ao : ao + m * nL].reshape((m, nL)), yb[:m])
+        t += 1
+        if opt == 0:
+            sgd_step(params, grad, first, hp[0], hp[1], hp[5] != 0, hp[4])
+        else:
+            adam_step(params, grad, first, second, t, hp[0], hp[1], hp[2], hp[3], hp[4], hp[5] != 0)
+        stats[LOSS_SUM] += c * m
+        stats[N_SEEN] += m
+        stats[N_CORRECT] += correct
+        stats[N_COUNTED] += counted
+        stats[STEPS] += 1
+    return t

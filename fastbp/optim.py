@@ -1,0 +1,182 @@
+"""Optimizers and learning-rate schedules for :meth:`fastbp.MLP.fit`.
+
+The update rules themselves are the ``@njit`` kernels of :mod:`fastbp.cpu.optim`
+(see its docstring for the exact formulations); the classes here only hold and
+check hyper-parameters.  ``fit`` also accepts the names "sgd", "momentum",
+"nesterov", "adam", "adamw" and "lbfgs".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["SGD", "LBFGS", "Adam", "AdamW", "ConstantLR", "CosineLR", "StepLR", "get_optimizer", "get_schedule"]
+
+# Optimizer codes of the compiled training loop.
+SGD_CODE = 0
+ADAM_CODE = 1
+
+
+def _check_float(name: str, value, lo: float = 0.0, hi: float = math.inf, lo_open=False, hi_open=False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: expected a number, got {value!r}")
+    v = float(value)
+    bad = not math.isfinite(v) or v < lo or v > hi or (lo_open and v == lo) or (hi_open and v == hi)
+    if bad:
+        lb = "(" if lo_open else "["
+        rb = ")" if hi_open else "]"
+        raise ValueError(f"{name}: expected a finite number in {lb}{lo}, {hi}{rb}, got {value!r}")
+    return v
+
+
+@dataclass(frozen=True)
+class SGD:
+    """Stochastic gradient descent with optional (Nesterov) momentum and L2 weight decay.
+
+    PyTorch's formulation; see :mod:`fastbp.cpu.optim`.  ``lr=None`` takes ``fit``'s ``lr``.
+    """
+
+    lr: float | None = None
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+
+    def __post_init__(self):
+        if self.lr is not None:
+            _check_float("lr", self.lr)
+        _check_float("momentum", self.momentum, 0.0, 1.0, hi_open=True)
+        _check_float("weight_decay", self.weight_decay)
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov: Nesterov momentum needs momentum > 0")
+
+    code = SGD_CODE
+
+    def hyper(self) -> tuple[float, float, float, float, bool]:
+        return (self.momentum, 0.0, 0.0, self.weight_decay, self.nesterov)
+
+
+@dataclass(frozen=True)
+class Adam:
+    """Adam with L2 weight decay (added to the gradient).  ``lr=None`` takes ``fit``'s ``lr``."""
+
+    lr: float | None = None
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+
+    def __post_init__(self):
+        if self.lr is not None:
+            _check_float("lr", self.lr)
+        _check_float("beta1", self.beta1, 0.0, 1.0, hi_open=True)
+        _check_float("beta2", self.beta2, 0.0, 1.0, hi_open=True)
+        _check_float("eps", self.eps, 0.0, lo_open=True)
+        _check_float("weight_decay", self.weight_decay)
+
+    code = ADAM_CODE
+    decoupled = False
+
+    def hyper(self) -> tuple[float, float, float, float, bool]:
+        return (self.beta1, self.beta2, self.eps, self.weight_decay, self.decoupled)
+
+
+@dataclass(frozen=True)
+class AdamW(Adam):
+    """Adam with decoupled weight decay (θ ← θ − η λ θ), default λ = 0.01."""
+
+    weight_decay: float = 0.01
+    decoupled = True
+
+
+@dataclass(frozen=True)
+class LBFGS:
+    """Full-batch L-BFGS through ``scipy.optimize.minimize(method="L-BFGS-B")``.
+
+    Each epoch of ``fit`` is one L-BFGS iteration.  ``weight_decay`` adds λ/2 ‖θ‖².
+    """
+
+    weight_decay: float = 0.0
+    history_size: int = 10
+
+    def __post_init__(self):
+        _check_float("weight_decay", self.weight_decay)
+        if not isinstance(self.history_size, int) or self.history_size < 1:
+            raise ValueError(f"history_size: expected an integer >= 1, got {self.history_size!r}")
+
+
+_NAMED = {
+    "sgd": lambda: SGD(),
+    "momentum": lambda: SGD(momentum=0.9),
+    "nesterov": lambda: SGD(momentum=0.9, nesterov=True),
+    "adam": lambda: Adam(),
+    "adamw": lambda: AdamW(),
+    "lbfgs": lambda: LBFGS(),
+}
+
+
+def get_optimizer(optimizer):
+    """An optimizer object from a name or an object."""
+    if isinstance(optimizer, str):
+        if optimizer not in _NAMED:
+            raise ValueError(f"optimizer: unknown optimizer {optimizer!r}; expected one of {', '.join(_NAMED)}")
+        return _NAMED[optimizer]()
+    if isinstance(optimizer, (SGD, Adam, LBFGS)):
+        return optimizer
+    raise TypeError(f"optimizer: expected a name or a fastbp.optim optimizer, got {optimizer!r}")
+
+
+# -- learning-rate schedules ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConstantLR:
+    """η_e = η."""
+
+    def __call__(self, lr: float, epoch: int, epochs: int) -> float:
+        return lr
+
+
+@dataclass(frozen=True)
+class StepLR:
+    """η_e = η γ^⌊e / step_size⌋ (epochs counted from 0)."""
+
+    step_size: int = 10
+    gamma: float = 0.1
+
+    def __post_init__(self):
+        if not isinstance(self.step_size, int) or self.step_size < 1:
+            raise ValueError(f"step_size: expected an integer >= 1, got {self.step_size!r}")
+        _check_float("gamma", self.gamma, 0.0, 1.0, lo_open=True)
+
+    def __call__(self, lr: float, epoch: int, epochs: int) -> float:
+        return lr * self.gamma ** (epoch // self.step_size)
+
+
+@dataclass(frozen=True)
+class CosineLR:
+    """η_e = η_min + (η − η_min)(1 + cos(π e / epochs)) / 2."""
+
+    min_lr: float = 0.0
+
+    def __post_init__(self):
+        _check_float("min_lr", self.min_lr)
+
+    def __call__(self, lr: float, epoch: int, epochs: int) -> float:
+        return self.min_lr + (lr - self.min_lr) * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+
+
+_SCHEDULES = {"constant": ConstantLR, "step": StepLR, "cosine": CosineLR}
+
+
+def get_schedule(schedule):
+    """A schedule object from a name, a schedule object, or a callable (lr, epoch, epochs) -> lr."""
+    if isinstance(schedule, str):
+        if schedule not in _SCHEDULES:
+            raise ValueError(f"schedule: unknown schedule {schedule!r}; expected one of {', '.join(_SCHEDULES)}")
+        return _SCHEDULES[schedule]()
+    if callable(schedule):
+        return schedule
+    raise TypeError(f"schedule: expected a name or a callable (lr, epoch, epochs) -> lr, got {schedule!r}")

@@ -1,0 +1,239 @@
+"""``MLP.fit``: argument checks, the epoch loop around the compiled minibatch loop, L-BFGS."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from . import optim as _optim
+from ._validation import _all_finite, as_array, check_int
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .model import MLP
+
+
+def _check_sample_weight(sample_weight, n: int, dtype) -> np.ndarray | None:
+    if sample_weight is None:
+        return None
+    sw = as_array("sample_weight", sample_weight)
+    if sw.shape != (n,):
+        raise ValueError(f"sample_weight: expected shape ({n},) to match x, got {sw.shape}")
+    sw = np.ascontiguousarray(sw, dtype=dtype)
+    if not _all_finite(sw):
+        raise ValueError("sample_weight: contains NaN or infinity")
+    if sw.min() < 0:
+        raise ValueError("sample_weight: weights must be non-negative")
+    if not sw.max() > 0:
+        raise ValueError("sample_weight: at least one weight must be positive")
+    return sw
+
+
+def _check_validation(net: MLP, validation_data):
+    if validation_data is None:
+        return None
+    if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+        raise TypeError("validation_data: expected a pair (x_val, y_val)")
+    xv, _ = net._check_x(validation_data[0], "validation_data[0]")
+    yv = net._check_y(validation_data[1], xv.shape[0], "validation_data[1]")
+    return xv, yv
+
+
+def _is_classifier(net: MLP) -> bool:
+    return net.activations[-1] in ("softmax", "sigmoid") and net.loss in ("cross_entropy", "binary_cross_entropy")
+
+
+def evaluate(net: MLP, x: np.ndarray, y: np.ndarray) -> tuple[float, float | None]:
+    """(loss, accuracy or None) of checked arrays."""
+    from .cpu.train import _count_correct
+
+    out = net._forward_checked(x)
+    loss = net._loss_checked(x, y)
+    if not _is_classifier(net):
+        return loss, None
+    correct, counted = _count_correct(net._loss_code, net._acts_arr[-1], out, y)
+    return loss, correct / counted
+
+
+def fit(
+    net: MLP,
+    x,
+    y,
+    epochs=10,
+    batch_size=32,
+    optimizer="adam",
+    lr=1e-3,
+    shuffle=True,
+    seed=0,
+    validation_data=None,
+    verbose=True,
+    sample_weight=None,
+    schedule="constant",
+    patience=None,
+    min_delta=0.0,
+    restore_best=True,
+    callback=None,
+    clip_norm=None,
+) -> dict:
+    # -- every check first: nothing changes until all arguments are known good --------------------
+    epochs = check_int("epochs", epochs, minimum=1)
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    opt = _optim.get_optimizer(optimizer)
+    lr = _optim._check_float("lr", lr)
+    base_lr = opt.lr if getattr(opt, "lr", None) is not None else lr
+    sched = _optim.get_schedule(schedule)
+    if not isinstance(shuffle, (bool, np.bool_)):
+        raise TypeError(f"shuffle: expected True or False, got {shuffle!r}")
+    if seed is not None and not isinstance(seed, np.random.Generator):
+        seed = check_int("seed", seed, minimum=0)
+    if patience is not None:
+        patience = check_int("patience", patience, minimum=1)
+    min_delta = _optim._check_float("min_delta", min_delta)
+    clip = 0.0 if clip_norm is None else _optim._check_float("clip_norm", clip_norm, 0.0, lo_open=True)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback: expected a callable (epoch, logs, net) -> bool | None, got {callback!r}")
+    if net.backend == "numpy":
+        raise ValueError("backend: fit needs the compiled 'cpu' backend; the 'numpy' backend is a reference")
+    xa, _ = net._check_x(x)
+    ya = net._check_y(y, xa.shape[0])
+    sw = _check_sample_weight(sample_weight, xa.shape[0], net.dtype)
+    val = _check_validation(net, validation_data)
+    lrs = [sched(base_lr, e, epochs) for e in range(epochs)]
+    for e, v in enumerate(lrs):
+        if not (isinstance(v, (int, float, np.floating)) and math.isfinite(v) and v >= 0):
+            raise ValueError(f"schedule: gave an invalid learning rate {v!r} for epoch {e}")
+
+    classifier = _is_classifier(net)
+    history: dict[str, list] = {"loss": [], "lr": [], "time": []}
+    if classifier:
+        history["accuracy"] = []
+    if val is not None:
+        history["val_loss"] = []
+        if classifier:
+            history["val_accuracy"] = []
+
+    if isinstance(opt, _optim.LBFGS):
+        return _fit_lbfgs(net, xa, ya, sw, val, opt, epochs, verbose, history, patience is not None)
+
+    from .cpu.train import DIVERGED, LOSS_SUM, N_CORRECT, N_COUNTED, N_SEEN, train_epoch
+
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    n = xa.shape[0]
+    B = min(batch_size, n)
+    state, t = net._optimizer_state(opt)
+    hp = np.zeros(7)
+    h1, h2, h3, wd, flag = opt.hyper()
+    hp[1:6] = (h1, h2, h3, wd, float(flag))
+    hp[6] = clip
+    grad = np.empty_like(net.params)
+    work = net._workspace(B)
+    xb = np.empty((B, xa.shape[1]), net.dtype)
+    yb = np.empty((B,) + ya.shape[1:], ya.dtype)
+    swb = None if sw is None else np.empty(B, net.dtype)
+    monitor = "val_loss" if val is not None else "loss"
+    best, best_params, since_best = math.inf, None, 0
+    for epoch in range(epochs):
+        t0 = time.perf_counter()
+        perm = rng.permutation(n) if shuffle else np.arange(n)
+        hp[0] = lrs[epoch]
+        stats = np.zeros(6)
+        t = train_epoch(net.params, net._sizes_arr, net._acts_arr, net._loss_code, xa, ya, perm, B,
+                        opt.code, hp, state, t, grad, work, xb, yb, stats, sw, swb)
+        net._opt_t = t
+        if stats[DIVERGED]:
+            raise FloatingPointError(
+                f"fit: the loss or gradient became non-finite in epoch {epoch}; params hold the last finite "
+                f"step. Lower lr (now {lrs[epoch]:g}) or set clip_norm."
+            )
+        history["loss"].append(stats[LOSS_SUM] / stats[N_SEEN])
+        history["lr"].append(lrs[epoch])
+        if classifier:
+            history["accuracy"].append(stats[N_CORRECT] / stats[N_COUNTED])
+        if val is not None:
+            vl, va = evaluate(net, *val)
+            history["val_loss"].append(vl)
+            if classifier:
+                history["val_accuracy"].append(va)
+        history["time"].append(time.perf_counter() - t0)
+        if verbose:
+            _print_epoch(epoch, epochs, history)
+        current = history[monitor][-1]
+        if current < best - min_delta:
+            best, since_best = current, 0
+            if patience is not None and restore_best:
+                best_params = net.params.copy()
+        else:
+            since_best += 1
+        stop = patience is not None and since_best >= patience
+        if callback is not None and callback(epoch, {k: v[-1] for k, v in history.items()}, net):
+            stop = True
+        if stop:
+            break
+    if best_params is not None:
+        net.params[...] = best_params
+    return history
+
+
+def _print_epoch(epoch: int, epochs: int, history: dict) -> None:
+    parts = [f"epoch {epoch + 1:>{len(str(epochs))}}/{epochs}", f"{history['time'][-1] * 1e3:8.1f} ms"]
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        if key in history:
+            parts.append(f"{key} {history[key][-1]:.4f}")
+    print("  ".join(parts), flush=True)
+
+
+def _fit_lbfgs(net, xa, ya, sw, val, opt, epochs, verbose, history, early_stop) -> dict:
+    from scipy.optimize import minimize
+
+    from .cpu import loss_and_grad
+
+    if early_stop:
+        raise ValueError("patience: early stopping is not available with optimizer 'lbfgs'")
+    trial = net.params.copy()
+    grad = np.empty_like(trial)
+    work = net._workspace(xa.shape[0])
+    lam = opt.weight_decay
+    classifier = "accuracy" in history
+    t0 = [time.perf_counter()]
+
+    def fun(theta):
+        trial[...] = theta
+        c = loss_and_grad(trial, net._sizes_arr, net._acts_arr, net._loss_code, xa, ya, grad, work, sw)
+        g = grad.astype(np.float64)
+        if lam:
+            c += 0.5 * lam * float(theta @ theta)
+            g += lam * theta
+        return c, g
+
+    def record(intermediate_result):
+        trial[...] = intermediate_result.x
+        history["loss"].append(float(intermediate_result.fun))
+        history["lr"].append(float("nan"))
+        saved = net.params.copy()
+        net.params[...] = trial
+        try:
+            if classifier:
+                _, acc = evaluate(net, xa, ya)
+                history["accuracy"].append(acc)
+            if val is not None:
+                vl, va = evaluate(net, *val)
+                history["val_loss"].append(vl)
+                if classifier:
+                    history["val_accuracy"].append(va)
+        finally:
+            net.params[...] = saved
+        now = time.perf_counter()
+        history["time"].append(now - t0[0])
+        t0[0] = now
+        if verbose:
+            _print_epoch(len(history["loss"]) - 1, epochs, history)
+
+    res = minimize(fun, net.params.astype(np.float64), jac=True, method="L-BFGS-B", callback=record,
+                   options={"maxiter": epochs, "maxcor": opt.history_size})
+    if not np.all(np.isfinite(res.x)):
+        raise FloatingPointError("fit: L-BFGS produced non-finite parameters; params are unchanged")
+    net.params[...] = res.x
+    history["message"] = str(res.message)
+    return history
