@@ -23,6 +23,9 @@ FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
 #: microseconds to wake, so small calls stay serial.
 PARALLEL_MIN_WORK = 1 << 18
 
+#: Length of the parameter vector from which the optimizer update runs in parallel.
+PARALLEL_MIN_PARAMS = 1 << 13
+
 #: Threading layers in order of preference.  OpenMP opens a parallel region in
 #: about 2 us on the reference machine, TBB in about 5 us and workqueue in
 #: 80-90 us; Numba would silently prefer TBB when it is installed.  A user's

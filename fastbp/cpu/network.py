@@ -6,7 +6,8 @@ user's own ``@njit`` training loop can call them.  They allocate nothing.
 
 Layout: θ as in :mod:`fastbp.layout`; the workspace holds [z^1, a^1, z^2,
 a^2, ...], each (N, n_l) row-major, ``fastbp.layout.workspace_size(sizes, N)``
-elements in all.  The backward pass keeps δ^L in the z^L buffer and δ^l
+elements in all.  In ``loss_and_grad`` the forward pass stores σ'(z^l) instead
+of z^l for hidden layers; the backward pass keeps δ^L in the z^L buffer and δ^l
 (l < L) in the a^l buffer, which is free once ∂C/∂W^{l+1} has been formed.
 """
 
@@ -23,7 +24,7 @@ __all__ = ["forward", "loss_and_grad"]
 
 
 @njit(inline="always")
-def _forward_body(params, sizes, acts, x, work):
+def _forward_body(params, sizes, acts, x, work, train):
     L = sizes.shape[0] - 1
     N = x.shape[0]
     for l in range(L):
@@ -36,16 +37,18 @@ def _forward_body(params, sizes, acts, x, work):
         zo = activation_offset(sizes, l, N)
         Z = work[zo : zo + N * n_out].reshape((N, n_out))
         A = work[zo + N * n_out : zo + 2 * N * n_out].reshape((N, n_out))
+        # Training keeps σ'(z) instead of z for hidden layers (BP2 needs nothing else).
+        derive = train and l < L - 1
         if l == 0:
-            _layers.linear_forward_body(W, b, x, acts[l], Z, A)
+            _layers.linear_forward_body(W, b, x, acts[l], Z, A, derive)
         else:
             po = zo - N * n_in
             P = work[po:zo].reshape((N, n_in))
-            _layers.linear_forward_body(W, b, P, acts[l], Z, A)
+            _layers.linear_forward_body(W, b, P, acts[l], Z, A, derive)
 
 
 def _forward_impl(params, sizes, acts, x, out, work):
-    _forward_body(params, sizes, acts, x, work)
+    _forward_body(params, sizes, acts, x, work, False)
     L = sizes.shape[0] - 1
     N = x.shape[0]
     n_out = sizes[L]
@@ -59,7 +62,7 @@ def _forward_impl(params, sizes, acts, x, out, work):
 def _loss_and_grad_impl(params, sizes, acts, loss, x, y, grad, work, sample_weight=None):
     L = sizes.shape[0] - 1
     N = x.shape[0]
-    _forward_body(params, sizes, acts, x, work)
+    _forward_body(params, sizes, acts, x, work, True)
 
     # BP1 into the z^L buffer.
     nL = sizes[L]
@@ -90,7 +93,7 @@ def _loss_and_grad_impl(params, sizes, acts, loss, x, y, grad, work, sample_weig
             # BP2: δ^{l-1} into the a^{l-1} buffer.
             W = params[wo:bo].reshape((n_out, n_in))
             Zp = work[po - N * n_in : po].reshape((N, n_in))
-            _layers.backprop_delta_body(W, D, Zp, acts[l - 1], P)
+            _layers.backprop_delta_body(W, D, Zp, acts[l - 1], P, True)
     return total
 
 

@@ -28,9 +28,10 @@ with ``decoupled=False`` the weight decay is L2 (added to g, as
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import get_num_threads, njit, prange
 
-from ..config import FASTMATH
+from ..config import FASTMATH, PARALLEL_MIN_PARAMS
+from ._twins import twins
 
 __all__ = ["adam_step", "clip_grad_norm", "grad_norm", "sgd_step"]
 
@@ -93,7 +94,33 @@ def sgd_step(params, grad, velocity, lr, momentum, nesterov, weight_decay):
             params[i] -= eta * v
 
 
-@_jit
+def _adam_body(params, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled):
+    T = params.dtype.type
+    b1 = T(beta1)
+    b2 = T(beta2)
+    c1 = T(1.0 - beta1**t)
+    c2 = T(1.0 - beta2**t)
+    step = T(lr) / c1
+    inv_sqrt_c2 = T(1.0 / np.sqrt(float(c2)))
+    e = T(eps)
+    lam = T(0.0) if decoupled else T(weight_decay)
+    shrink = T(1.0 - lr * weight_decay) if decoupled else T(1.0)
+    one = T(1.0)
+    # Elementwise: prange blocks of the flat vector are owned by one thread each.
+    for i in prange(params.shape[0]):
+        p = params[i] * shrink
+        g = grad[i] + lam * p
+        mi = b1 * m[i] + (one - b1) * g
+        vi = b2 * v[i] + (one - b2) * g * g
+        m[i] = mi
+        v[i] = vi
+        params[i] = p - step * mi / (np.sqrt(vi) * inv_sqrt_c2 + e)
+
+
+_adam_serial, _adam_parallel = twins(_adam_body)
+
+
+@njit(fastmath=FASTMATH)
 def adam_step(params, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled):
     """One Adam (or AdamW, ``decoupled=True``) step, in place; see the module docstring.
 
@@ -107,26 +134,7 @@ def adam_step(params, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, decoup
     decoupled : bool
         AdamW's decoupled weight decay instead of L2.
     """
-    T = params.dtype.type
-    b1 = T(beta1)
-    b2 = T(beta2)
-    c1 = T(1.0 - beta1**t)
-    c2 = T(1.0 - beta2**t)
-    step = T(lr) / c1
-    inv_sqrt_c2 = T(1.0 / np.sqrt(float(c2)))
-    e = T(eps)
-    lam = T(weight_decay)
-    shrink = T(1.0 - lr * weight_decay)
-    one = T(1.0)
-    for i in range(params.shape[0]):
-        g = grad[i]
-        p = params[i]
-        if decoupled:
-            p = p * shrink
-        else:
-            g = g + lam * p
-        mi = b1 * m[i] + (one - b1) * g
-        vi = b2 * v[i] + (one - b2) * g * g
-        m[i] = mi
-        v[i] = vi
-        params[i] = p - step * mi / (np.sqrt(vi) * inv_sqrt_c2 + e)
+    if params.shape[0] >= PARALLEL_MIN_PARAMS and get_num_threads() > 1:
+        _adam_parallel(params, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled)
+    else:
+        _adam_serial(params, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled)

@@ -1,0 +1,164 @@
+"""Benchmark runner: the training step of each named configuration, fastbp vs the NumPy reference.
+
+Each contender runs in its own process (Numba's and OpenBLAS's thread pools spin against each
+other in one), medians over repeats after a warm-up call, compile time measured separately in
+a fresh process. The machine's peak is measured in the same run as a large float32/float64
+matrix product through NumPy. Prints a Markdown table; ``--write`` also writes it to
+bench/RESULTS.md's generated section.
+
+    python bench/run.py [--repeats 30] [--configs tiny small medium large] [--write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from bench.configs import CONFIGS, problem, step_flops  # noqa: E402
+
+DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+def _median_time(fn, repeats: int, min_time: float = 0.2) -> float:
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    one = time.perf_counter() - t0
+    inner = max(1, int(min_time / max(one, 1e-7) / repeats))
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        times.append((time.perf_counter() - t) / inner)
+    return float(np.median(times))
+
+
+def contender(kind: str, config: str, dtype_name: str, repeats: int) -> dict:
+    import fastbp
+
+    dtype = DTYPES[dtype_name]
+    if kind == "peak":
+        n = 2048
+        a = np.random.default_rng(0).standard_normal((n, n)).astype(dtype)
+        t = _median_time(lambda: a @ a, max(3, repeats // 5))
+        return {"flops": 2.0 * n**3 / t}
+    kw, x, y = problem(config, dtype)
+    net = fastbp.MLP(**kw)
+    lr = dtype(1e-3)
+    if kind == "compile":
+        t = time.perf_counter()
+        net.loss_and_grad(x, y)
+        return {"time": time.perf_counter() - t}
+    if kind == "numpy":
+        ref = fastbp.reference
+
+        def step():
+            _, g = ref.loss_and_grad(net.params, net.sizes, net._acts_arr, net._loss_code, x, y)
+            net.params -= lr * g
+
+        return {"time": _median_time(step, repeats)}
+    if kind == "fastbp":
+        g = np.empty_like(net.params)
+
+        def step():
+            net.loss_and_grad(x, y, out=g)
+            net.params -= lr * g
+
+        return {"time": _median_time(step, repeats)}
+    if kind == "njit":
+        from numba import njit
+
+        from fastbp import cpu
+        from fastbp.cpu.optim import sgd_step
+
+        @njit
+        def loop(params, sizes, acts, loss, x, y, grad, work, velocity, steps):
+            for _ in range(steps):
+                cpu.loss_and_grad(params, sizes, acts, loss, x, y, grad, work)
+                sgd_step(params, grad, velocity, 1e-3, 0.0, False, 0.0)
+
+        g = np.empty_like(net.params)
+        work = np.empty(fastbp.workspace_size(net.sizes, x.shape[0]), dtype)
+        vel = np.zeros_like(net.params)
+        steps = 100
+        t = _median_time(lambda: loop(net.params, net._sizes_arr, net._acts_arr, net._loss_code, x, y, g, work, vel,
+                                      steps), repeats)
+        return {"time": t / steps}
+    raise ValueError(kind)
+
+
+def _spawn(kind, config, dtype_name, repeats) -> dict:
+    env = dict(os.environ)
+    out = subprocess.run([sys.executable, __file__, "--contender", kind, config, dtype_name, str(repeats)],
+                         check=True, capture_output=True, text=True, env=env).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def machine() -> str:
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in subprocess.run(
+            ["lscpu"], capture_output=True, text=True).stdout.splitlines() if line.startswith("Model name"))
+    except (StopIteration, FileNotFoundError):
+        model = platform.processor() or platform.machine()
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--contender", nargs=4)
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--configs", nargs="+", default=list(CONFIGS))
+    ap.add_argument("--dtypes", nargs="+", default=list(DTYPES))
+    ap.add_argument("--write", action="store_true")
+    args = ap.parse_args()
+    if args.contender:
+        kind, config, dtype_name, repeats = args.contender
+        print(json.dumps(contender(kind, config, dtype_name, int(repeats))))
+        return 0
+    lines = [
+        f"Command: `python bench/run.py --repeats {args.repeats}`; machine: {machine()}; "
+        f"date: {datetime.date.today().isoformat()}.",
+        "",
+        "Training step = `loss_and_grad` + SGD update, medians; ratios are NumPy-reference time / fastbp time "
+        "(higher is better), each contender in its own process; peak = NumPy matmul 2048² in the same run.",
+        "",
+        "| config | dtype | NumPy ref | fastbp `MLP.loss_and_grad(out=)` | speed-up | user `@njit` loop | speed-up "
+        "| fastbp % of peak | compile (first call) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for dtype_name in args.dtypes:
+        peak = _spawn("peak", "tiny", dtype_name, args.repeats)["flops"]
+        for config in args.configs:
+            reps = args.repeats if config != "large" else max(5, args.repeats // 6)
+            ref = _spawn("numpy", config, dtype_name, reps)["time"]
+            fb = _spawn("fastbp", config, dtype_name, reps)["time"]
+            nj = _spawn("njit", config, dtype_name, reps)["time"] if config != "large" else None
+            comp = _spawn("compile", config, dtype_name, 1)["time"]
+            pct = 100 * step_flops(config) / fb / peak
+            njs = f"{nj * 1e6:.1f} µs | {ref / nj:.1f}x" if nj else "– | –"
+            lines.append(f"| {config} {CONFIGS[config][0]} b{CONFIGS[config][1]} | {dtype_name} | {ref * 1e6:.1f} µs "
+                         f"| {fb * 1e6:.1f} µs | {ref / fb:.2f}x | {njs} | {pct:.0f}% | {comp:.1f} s |")
+            print(lines[-1], flush=True)
+        lines.append(f"| peak ({dtype_name}) | | {peak / 1e9:.0f} GFLOP/s | | | | | | |")
+    text = "\n".join(lines)
+    print(text)
+    if args.write:
+        (HERE / "results_table.md").write_text(text + "\n")  # paste into RESULTS.md
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
