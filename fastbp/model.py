@@ -58,8 +58,7 @@ def _check_activations(activations, n_layers: int) -> tuple[str, ...]:
         names = list(activations)
         if len(names) != n_layers:
             raise ValueError(
-                f"activations: expected one name or a sequence of {n_layers} names (one per layer), "
-                f"got {len(names)}"
+                f"activations: expected one name or a sequence of {n_layers} names (one per layer), got {len(names)}"
             )
     else:
         raise TypeError(f"activations: expected a name or a sequence of names, got {activations!r}")
@@ -158,9 +157,11 @@ class MLP:
         if backend not in BACKENDS:
             raise ValueError(f"backend: unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
         if backend == "cuda":
-            raise NotImplementedError(
-                "backend: 'cuda' is not available yet in this version of fastbp; use 'cpu' or 'numpy'"
-            )
+            from .cuda import unavailable_reason
+
+            why = unavailable_reason()
+            if why is not None:
+                raise RuntimeError(f"backend: 'cuda' cannot run here: {why}")
         return backend
 
     def _setup(self, params: np.ndarray | None = None) -> None:
@@ -170,6 +171,16 @@ class MLP:
         self._params = np.zeros(n_params(self.sizes), dtype=self.dtype) if params is None else params
         self._weights, self._biases = split_params(self._params, self.sizes)
         self._workspaces: dict[int, np.ndarray] = {}
+        self._cuda_state = None
+
+    @property
+    def _cuda(self):
+        """Device buffers of the cuda backend (created on first use)."""
+        if self._cuda_state is None:
+            from .cuda.backend import CudaState
+
+            self._cuda_state = CudaState(self)
+        return self._cuda_state
 
     # -- parameters ---------------------------------------------------------------------------
 
@@ -292,6 +303,15 @@ class MLP:
         -------
         ndarray of shape (N, nL), or (nL,) for a 1-D x, in the model's dtype.
         """
+        if self.backend == "cuda":
+            st = self._cuda
+            xd, single, on_device = st.check_x(x)
+            st.upload_params()
+            out = st.forward(xd)
+            if on_device:
+                return out
+            out = out.copy_to_host()
+            return out[0] if single else out
         xa, single = self._check_x(x)
         out = self._forward_checked(xa)
         return out[0] if single else out
@@ -299,20 +319,64 @@ class MLP:
     def _forward_checked(self, xa: np.ndarray) -> np.ndarray:
         if self.backend == "numpy":
             return _ref.forward(self._params, self.sizes, self._acts_arr, xa)
+        if self.backend == "cuda":
+            from numba import cuda
+
+            self._cuda.upload_params()
+            return self._cuda.forward(cuda.to_device(xa)).copy_to_host()
         from .cpu import forward
 
         out = np.empty((xa.shape[0], self.sizes[-1]), dtype=self.dtype)
         forward(self._params, self._sizes_arr, self._acts_arr, xa, out, self._workspace(xa.shape[0]))
         return out
 
-    def _loss_checked(self, xa: np.ndarray, ya: np.ndarray) -> float:
-        g = np.empty_like(self._params)
+    def _loss_checked(self, xa: np.ndarray, ya: np.ndarray) -> tuple[float, np.ndarray]:
+        """(C, a^L) of checked host arrays in one pass (the gradient is computed and dropped)."""
         if self.backend == "numpy":
-            return _ref.loss_and_grad(self._params, self.sizes, self._acts_arr, self._loss_code, xa, ya)[0]
+            c = _ref.loss_and_grad(self._params, self.sizes, self._acts_arr, self._loss_code, xa, ya)[0]
+            return c, _ref.forward(self._params, self.sizes, self._acts_arr, xa)
+        if self.backend == "cuda":
+            from numba import cuda
+
+            st = self._cuda
+            st.upload_params()
+            xd = cuda.to_device(xa)
+            yd = cuda.to_device(ya.reshape(-1, 1) if ya.ndim == 1 else ya)
+            c, _ = st.evaluate(xd, yd, 1 if ya.ndim == 1 else 0)
+            return c, st.forward(xd).copy_to_host()
+        from .cpu import loss_and_grad
+        from .layout import workspace_size
+
+        n, nL = xa.shape[0], self.sizes[-1]
+        g = self._scratch_grad()
+        work = self._workspace(n)
+        c = float(loss_and_grad(self._params, self._sizes_arr, self._acts_arr, self._loss_code, xa, ya, g, work))
+        # a^L is the last block of the workspace and survives the backward pass.
+        end = workspace_size(self.sizes, n)
+        return c, work[end - n * nL : end].reshape(n, nL).copy()
+
+    def _scratch_grad(self) -> np.ndarray:
+        g = getattr(self, "_scratch_grad_buf", None)
+        if g is None or g.shape != self._params.shape:
+            g = self._scratch_grad_buf = np.empty_like(self._params)
+        return g
+
+    def _loss_and_grad_at(self, theta: np.ndarray, xa, ya, sw, grad: np.ndarray) -> float:
+        """C and ∂C/∂θ at a trial θ (host arrays, already checked); used by L-BFGS."""
+        if self.backend == "cuda":
+            from numba import cuda
+
+            st = self._cuda
+            st.params.copy_to_device(theta)
+            swd, scale = (None, 0.0) if sw is None else (cuda.to_device(sw), 1.0 / float(np.sum(sw, dtype=np.float64)))
+            yd = cuda.to_device(ya.reshape(-1, 1) if ya.ndim == 1 else ya)
+            s = st.loss_grad(cuda.to_device(xa), yd, 1 if ya.ndim == 1 else 0, swd, scale).copy_to_host()
+            st.grad.copy_to_host(grad)
+            return float(s[0])
         from .cpu import loss_and_grad
 
         work = self._workspace(xa.shape[0])
-        return float(loss_and_grad(self._params, self._sizes_arr, self._acts_arr, self._loss_code, xa, ya, g, work))
+        return float(loss_and_grad(theta, self._sizes_arr, self._acts_arr, self._loss_code, xa, ya, grad, work, sw))
 
     def loss_and_grad(self, x, y, out: np.ndarray | None = None, sample_weight=None) -> tuple[float, np.ndarray]:
         """Mean loss C over a minibatch and its gradient ∂C/∂θ.
@@ -339,6 +403,8 @@ class MLP:
         """
         from .training import _check_sample_weight
 
+        if self.backend == "cuda":
+            return self._loss_and_grad_cuda(x, y, out, sample_weight)
         xa, _ = self._check_x(x)
         ya = self._check_y(y, xa.shape[0])
         sw = _check_sample_weight(sample_weight, xa.shape[0], self.dtype)
@@ -354,6 +420,28 @@ class MLP:
         work = self._workspace(xa.shape[0])
         loss = loss_and_grad(self._params, self._sizes_arr, self._acts_arr, self._loss_code, xa, ya, g, work, sw)
         return float(loss), g
+
+    def _loss_and_grad_cuda(self, x, y, out, sample_weight):
+        from .cuda.backend import as_device_array, is_device_array
+
+        st = self._cuda
+        xd, _, _ = st.check_x(x)
+        n = xd.shape[0]
+        yd, labels = st.check_y(y, n)
+        swd, scale = st.check_sw(sample_weight, n)
+        dev_out = out is not None and is_device_array(out)
+        if dev_out:
+            g = as_device_array(out)
+            if g.shape != (self.n_params,) or np.dtype(g.dtype) != self.dtype:
+                raise ValueError(f"out: expected a device array of shape ({self.n_params},) and dtype {self.dtype}")
+        else:
+            g = self._check_out(out)
+        st.upload_params()
+        s = st.loss_grad(xd, yd, labels, swd, scale, grad=st.grad if not dev_out else g).copy_to_host()
+        if dev_out:
+            return float(s[0]), g
+        st.grad.copy_to_host(g)
+        return float(s[0]), g
 
     def evaluate(self, x, y) -> dict:
         """Loss (and accuracy, for a classifier) on a data set, without changing anything.
@@ -371,14 +459,40 @@ class MLP:
         """
         from .training import evaluate
 
+        if self.backend == "cuda":
+            st = self._cuda
+            xd, _, _ = st.check_x(x)
+            yd, labels = st.check_y(y, xd.shape[0])
+            st.upload_params()
+            loss, acc = st.evaluate(xd, yd, labels)
+            from .training import _is_classifier
+
+            return {"loss": loss} if not _is_classifier(self) else {"loss": loss, "accuracy": acc}
         xa, _ = self._check_x(x)
         ya = self._check_y(y, xa.shape[0])
         loss, acc = evaluate(self, xa, ya)
         return {"loss": loss} if acc is None else {"loss": loss, "accuracy": acc}
 
-    def fit(self, x, y, epochs=10, batch_size=32, optimizer="adam", lr=1e-3, shuffle=True, seed=0,
-            validation_data=None, verbose=True, sample_weight=None, schedule="constant", patience=None,
-            min_delta=0.0, restore_best=True, callback=None, clip_norm=None) -> dict:
+    def fit(
+        self,
+        x,
+        y,
+        epochs=10,
+        batch_size=32,
+        optimizer="adam",
+        lr=1e-3,
+        shuffle=True,
+        seed=0,
+        validation_data=None,
+        verbose=True,
+        sample_weight=None,
+        schedule="constant",
+        patience=None,
+        min_delta=0.0,
+        restore_best=True,
+        callback=None,
+        clip_norm=None,
+    ) -> dict:
         """Train by minibatch gradient descent (or full-batch L-BFGS), continuing from ``params``.
 
         The minibatch loop of each epoch runs compiled (:func:`fastbp.cpu.train.train_epoch`):
@@ -438,10 +552,26 @@ class MLP:
         """
         from .training import fit
 
-        return fit(self, x, y, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, shuffle=shuffle,
-                   seed=seed, validation_data=validation_data, verbose=verbose, sample_weight=sample_weight,
-                   schedule=schedule, patience=patience, min_delta=min_delta, restore_best=restore_best,
-                   callback=callback, clip_norm=clip_norm)
+        return fit(
+            self,
+            x,
+            y,
+            epochs=epochs,
+            batch_size=batch_size,
+            optimizer=optimizer,
+            lr=lr,
+            shuffle=shuffle,
+            seed=seed,
+            validation_data=validation_data,
+            verbose=verbose,
+            sample_weight=sample_weight,
+            schedule=schedule,
+            patience=patience,
+            min_delta=min_delta,
+            restore_best=restore_best,
+            callback=callback,
+            clip_norm=clip_norm,
+        )
 
     def _optimizer_state(self, opt) -> tuple[np.ndarray, int]:
         """The optimizer state kept on the model (reset when the optimizer or its settings change)."""

@@ -49,11 +49,10 @@ def evaluate(net: MLP, x: np.ndarray, y: np.ndarray) -> tuple[float, float | Non
     """(loss, accuracy or None) of checked arrays."""
     from .cpu.train import _count_correct
 
-    out = net._forward_checked(x)
-    loss = net._loss_checked(x, y)
+    loss, out = net._loss_checked(x, y)
     if not _is_classifier(net):
         return loss, None
-    correct, counted = _count_correct(net._loss_code, net._acts_arr[-1], out, y)
+    correct, counted = _count_correct(net._acts_arr[-1], out, y)
     return loss, correct / counted
 
 
@@ -96,10 +95,28 @@ def fit(
         raise TypeError(f"callback: expected a callable (epoch, logs, net) -> bool | None, got {callback!r}")
     if net.backend == "numpy":
         raise ValueError("backend: fit needs the compiled 'cpu' backend; the 'numpy' backend is a reference")
-    xa, _ = net._check_x(x)
-    ya = net._check_y(y, xa.shape[0])
-    sw = _check_sample_weight(sample_weight, xa.shape[0], net.dtype)
-    val = _check_validation(net, validation_data)
+    if net.backend == "cuda" and not isinstance(opt, _optim.LBFGS):
+        st = net._cuda
+        xa, _, _ = st.check_x(x)
+        ya, labels = st.check_y(y, xa.shape[0])
+        sw, _ = st.check_sw(sample_weight, xa.shape[0])
+        val = None
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise TypeError("validation_data: expected a pair (x_val, y_val)")
+            xv, _, _ = st.check_x(validation_data[0], "validation_data[0]")
+            yv, lv = st.check_y(validation_data[1], xv.shape[0], "validation_data[1]")
+            val = (xv, yv, lv)
+    else:
+        if net.backend == "cuda":
+            from .cuda.backend import as_device_array, is_device_array
+
+            x = as_device_array(x).copy_to_host() if is_device_array(x) else x
+            y = as_device_array(y).copy_to_host() if is_device_array(y) else y
+        xa, _ = net._check_x(x)
+        ya = net._check_y(y, xa.shape[0])
+        sw = _check_sample_weight(sample_weight, xa.shape[0], net.dtype)
+        val = _check_validation(net, validation_data)
     lrs = [sched(base_lr, e, epochs) for e in range(epochs)]
     for e, v in enumerate(lrs):
         if not (isinstance(v, (int, float, np.floating)) and math.isfinite(v) and v >= 0):
@@ -117,9 +134,35 @@ def fit(
     if isinstance(opt, _optim.LBFGS):
         return _fit_lbfgs(net, xa, ya, sw, val, opt, epochs, verbose, history, patience is not None)
 
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    if net.backend == "cuda":
+        from .cuda.backend import fit as cuda_fit
+
+        return cuda_fit(
+            net,
+            net._cuda,
+            xa,
+            ya,
+            labels,
+            sw,
+            val,
+            opt,
+            lrs,
+            batch_size,
+            shuffle,
+            rng,
+            clip,
+            patience,
+            min_delta,
+            restore_best,
+            callback,
+            verbose,
+            history,
+            classifier,
+        )
+
     from .cpu.train import DIVERGED, LOSS_SUM, N_CORRECT, N_COUNTED, N_SEEN, train_epoch
 
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     n = xa.shape[0]
     B = min(batch_size, n)
     state, t = net._optimizer_state(opt)
@@ -139,8 +182,27 @@ def fit(
         perm = rng.permutation(n) if shuffle else np.arange(n)
         hp[0] = lrs[epoch]
         stats = np.zeros(6)
-        t = train_epoch(net.params, net._sizes_arr, net._acts_arr, net._loss_code, xa, ya, perm, B,
-                        opt.code, hp, state, t, grad, work, xb, yb, stats, sw, swb)
+        t = train_epoch(
+            net.params,
+            net._sizes_arr,
+            net._acts_arr,
+            net._loss_code,
+            xa,
+            ya,
+            perm,
+            B,
+            opt.code,
+            hp,
+            state,
+            t,
+            grad,
+            work,
+            xb,
+            yb,
+            stats,
+            sw,
+            swb,
+        )
         net._opt_t = t
         if stats[DIVERGED]:
             raise FloatingPointError(
@@ -187,20 +249,17 @@ def _print_epoch(epoch: int, epochs: int, history: dict) -> None:
 def _fit_lbfgs(net, xa, ya, sw, val, opt, epochs, verbose, history, early_stop) -> dict:
     from scipy.optimize import minimize
 
-    from .cpu import loss_and_grad
-
     if early_stop:
         raise ValueError("patience: early stopping is not available with optimizer 'lbfgs'")
     trial = net.params.copy()
     grad = np.empty_like(trial)
-    work = net._workspace(xa.shape[0])
     lam = opt.weight_decay
     classifier = "accuracy" in history
     t0 = [time.perf_counter()]
 
     def fun(theta):
         trial[...] = theta
-        c = loss_and_grad(trial, net._sizes_arr, net._acts_arr, net._loss_code, xa, ya, grad, work, sw)
+        c = net._loss_and_grad_at(trial, xa, ya, sw, grad)
         g = grad.astype(np.float64)
         if lam:
             c += 0.5 * lam * float(theta @ theta)
@@ -230,8 +289,14 @@ def _fit_lbfgs(net, xa, ya, sw, val, opt, epochs, verbose, history, early_stop) 
         if verbose:
             _print_epoch(len(history["loss"]) - 1, epochs, history)
 
-    res = minimize(fun, net.params.astype(np.float64), jac=True, method="L-BFGS-B", callback=record,
-                   options={"maxiter": epochs, "maxcor": opt.history_size})
+    res = minimize(
+        fun,
+        net.params.astype(np.float64),
+        jac=True,
+        method="L-BFGS-B",
+        callback=record,
+        options={"maxiter": epochs, "maxcor": opt.history_size},
+    )
     if not np.all(np.isfinite(res.x)):
         raise FloatingPointError("fit: L-BFGS produced non-finite parameters; params are unchanged")
     net.params[...] = res.x

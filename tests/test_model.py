@@ -84,9 +84,22 @@ def test_constructor_rejects_bad_arguments(kw, exc, match):
         _net(**kw)
 
 
-def test_cuda_backend_is_a_clear_error_until_available():
-    with pytest.raises(NotImplementedError, match="cuda"):
+def test_cuda_backend_without_gpu_or_simulator_is_a_clear_error(monkeypatch):
+    import fastbp.cuda
+
+    monkeypatch.setattr(fastbp.cuda, "unavailable_reason", lambda: "no CUDA GPU was found (test)")
+    with pytest.raises(RuntimeError, match="backend: 'cuda' cannot run here: no CUDA GPU was found"):
         _net(backend="cuda")
+
+
+def test_cuda_unavailable_reason_names_what_is_missing(monkeypatch):
+    import numba.cuda
+
+    import fastbp.cuda
+
+    monkeypatch.setattr(numba.cuda, "is_available", lambda: False)
+    assert "NUMBA_ENABLE_CUDASIM" in fastbp.cuda.unavailable_reason()
+    assert not fastbp.cuda.available()
 
 
 # -- computation ----------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ LOSS_SUM, N_SEEN, N_CORRECT, N_COUNTED, DIVERGED, STEPS = range(6)
 
 
 @njit(fastmath=FASTMATH)
-def _count_correct(loss, act, out, y):
+def _count_correct(act, out, y):
     """(correct, counted) of a batch: argmax for softmax outputs, 0.5 threshold for sigmoid."""
     N, n = out.shape
     correct = 0
@@ -116,7 +116,7 @@ def train_epoch(params, sizes, acts, loss, x, y, perm, batch_size, opt, hp, stat
             return t
         # The batch output a^L is still in the workspace after the backward pass.
         ao = activation_offset(sizes, L - 1, m) + m * nL
-        correct, counted = _count_correct(loss, acts[L - 1], work[ao : ao + m * nL].reshape((m, nL)), yb[:m])
+        correct, counted = _count_correct(acts[L - 1], work[ao : ao + m * nL].reshape((m, nL)), yb[:m])
         t += 1
         if opt == 0:
             sgd_step(params, grad, first, hp[0], hp[1], hp[5] != 0, hp[4])
