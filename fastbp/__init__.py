@@ -1,8 +1,9 @@
 """fastbp: compiled backpropagation kernels for multilayer perceptrons.
 
 ``fastbp.MLP`` is the model; ``fastbp.cpu`` holds the Numba kernels (callable
-from your own ``@njit`` code); ``fastbp.reference`` is the NumPy reference they
-are checked against.
+from your own ``@njit`` code), ``fastbp.cuda`` their ``@cuda.jit`` counterparts
+(``MLP(backend="cuda")``); ``fastbp.reference`` is the NumPy reference they are
+checked against.
 """
 
 from . import activations, config, layout, losses, reference

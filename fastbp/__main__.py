@@ -118,7 +118,7 @@ def digits_demo(epochs: int = 30, dtype=np.float32) -> int:
 
 
 def info() -> int:
-    """Print versions, the threading layer and the CPU."""
+    """Print versions, the threading layer, the CPU and whether the cuda backend can run."""
     import numba
 
     import fastbp
@@ -126,6 +126,16 @@ def info() -> int:
     print(f"fastbp {fastbp.__version__}, numba {numba.__version__}, numpy {np.__version__}, python {platform.python_version()}")
     print(f"threads: {numba.get_num_threads()}, threading layer preference: {list(fastbp.config.THREADING_LAYER_PRIORITY)}")
     print(f"machine: {platform.machine()} {platform.processor() or ''}".rstrip())
+    from fastbp.cuda import unavailable_reason
+
+    why = unavailable_reason()
+    if why is None:
+        from numba import cuda
+
+        dev = cuda.get_current_device()
+        print(f"cuda backend: available on {getattr(dev, 'name', 'the CUDA simulator')}")
+    else:
+        print(f"cuda backend: unavailable: {why}")
     return 0
 
 

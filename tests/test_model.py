@@ -338,3 +338,16 @@ def test_user_njit_loop_calls_the_kernels():
         assert loss == pytest.approx(losses[s], rel=1e-12)
         ref.params -= 0.5 * g
     np.testing.assert_allclose(ref.params, net.params, rtol=1e-12, atol=1e-14)
+
+
+def test_info_reports_the_cuda_backend(capsys, monkeypatch):
+    import fastbp.cuda
+    from fastbp.__main__ import main
+
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert f"fastbp {fastbp.__version__}" in out
+    assert ("cuda backend: available" in out) == fastbp.cuda.available()
+    monkeypatch.setattr(fastbp.cuda, "unavailable_reason", lambda: "no CUDA GPU was found (test)")
+    assert main(["info"]) == 0
+    assert "cuda backend: unavailable: no CUDA GPU was found (test)" in capsys.readouterr().out
