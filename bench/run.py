@@ -1,4 +1,5 @@
-"""Benchmark runner: the training step of each named configuration, fastbp vs the NumPy reference.
+"""Benchmark runner: the training step of each named configuration, fastbp vs the NumPy reference
+(and PyTorch eager on the CPU, where PyTorch is installed).
 
 Each contender runs in its own process (Numba's and OpenBLAS's thread pools spin against each
 other in one), medians over repeats after a warm-up call, compile time measured separately in
@@ -97,6 +98,35 @@ def contender(kind: str, config: str, dtype_name: str, repeats: int) -> dict:
         t = _median_time(lambda: loop(net.params, net._sizes_arr, net._acts_arr, net._loss_code, x, y, g, work, vel,
                                       steps), repeats)
         return {"time": t / steps}
+    if kind == "torch":
+        try:
+            import torch
+        except ImportError:
+            return {"time": None}
+        torch.manual_seed(0)
+        tdt = torch.float32 if dtype_name == "float32" else torch.float64
+        layers = []
+        sizes, acts = kw["sizes"], kw["activations"]
+        for i in range(len(sizes) - 1):
+            layers.append(torch.nn.Linear(sizes[i], sizes[i + 1]).to(tdt))
+            act = {"sigmoid": torch.nn.Sigmoid, "tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}.get(acts[i])
+            if act is not None:
+                layers.append(act())
+        model = torch.nn.Sequential(*layers)
+        tx = torch.from_numpy(x)
+        ty = torch.from_numpy(y)
+        ce = kw["loss"] == "cross_entropy"  # softmax is folded into cross_entropy: the model ends at the logits
+
+        def step():
+            model.zero_grad(set_to_none=True)
+            out = model(tx)
+            c = torch.nn.functional.cross_entropy(out, ty) if ce else 0.5 * ((out - ty) ** 2).sum() / tx.shape[0]
+            c.backward()
+            with torch.no_grad():
+                for p in model.parameters():
+                    p -= 1e-3 * p.grad
+
+        return {"time": _median_time(step, repeats), "version": torch.__version__}
     raise ValueError(kind)
 
 
@@ -136,8 +166,8 @@ def main() -> int:
         "(higher is better), each contender in its own process; peak = NumPy matmul 2048² in the same run.",
         "",
         "| config | dtype | NumPy ref | fastbp `MLP.loss_and_grad(out=)` | speed-up | user `@njit` loop | speed-up "
-        "| fastbp % of peak | compile (first call) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| PyTorch eager | fastbp vs PyTorch | fastbp % of peak | compile (first call) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for dtype_name in args.dtypes:
         peak = _spawn("peak", "tiny", dtype_name, args.repeats)["flops"]
@@ -146,13 +176,15 @@ def main() -> int:
             ref = _spawn("numpy", config, dtype_name, reps)["time"]
             fb = _spawn("fastbp", config, dtype_name, reps)["time"]
             nj = _spawn("njit", config, dtype_name, reps)["time"] if config != "large" else None
+            tt = _spawn("torch", config, dtype_name, reps)["time"]
             comp = _spawn("compile", config, dtype_name, 1)["time"]
             pct = 100 * step_flops(config) / fb / peak
             njs = f"{nj * 1e6:.1f} µs | {ref / nj:.1f}x" if nj else "– | –"
+            tts = f"{tt * 1e6:.1f} µs | {tt / fb:.2f}x" if tt else "not installed | –"
             lines.append(f"| {config} {CONFIGS[config][0]} b{CONFIGS[config][1]} | {dtype_name} | {ref * 1e6:.1f} µs "
-                         f"| {fb * 1e6:.1f} µs | {ref / fb:.2f}x | {njs} | {pct:.0f}% | {comp:.1f} s |")
+                         f"| {fb * 1e6:.1f} µs | {ref / fb:.2f}x | {njs} | {tts} | {pct:.0f}% | {comp:.1f} s |")
             print(lines[-1], flush=True)
-        lines.append(f"| peak ({dtype_name}) | | {peak / 1e9:.0f} GFLOP/s | | | | | | |")
+        lines.append(f"| peak ({dtype_name}) | | {peak / 1e9:.0f} GFLOP/s | | | | | | | | |")
     text = "\n".join(lines)
     print(text)
     if args.write:

@@ -1,0 +1,56 @@
+"""Python-side overhead of ``MLP.loss_and_grad(x, y, out=g)`` over the bare compiled kernel.
+
+    python bench/overhead.py
+
+Times, float32, medians of 7 x 3000 calls in one process (compile excluded): the kernel
+``fastbp.cpu.loss_and_grad`` on already-checked arrays, the same step through the model, and
+the model's three input checks on their own.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+import fastbp  # noqa: E402
+from bench.configs import problem  # noqa: E402
+from fastbp import cpu  # noqa: E402
+
+
+def _median_us(f, n=3000, repeats=7) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            f()
+        times.append((time.perf_counter() - t0) / n)
+    return float(np.median(times)) * 1e6
+
+
+def main() -> int:
+    for cfg in ("tiny", "small"):
+        kw, x, y = problem(cfg, np.float32)
+        net = fastbp.MLP(**kw)
+        g = np.empty_like(net.params)
+        work = net._workspace(x.shape[0])
+        ya = net._check_y(y, x.shape[0])
+        args = (net.params, net._sizes_arr, net._acts_arr, net._loss_code, x, ya, g, work)
+        cpu.loss_and_grad(*args)
+        net.loss_and_grad(x, y, out=g)
+        tk = _median_us(lambda: cpu.loss_and_grad(*args))  # noqa: B023
+        tm = _median_us(lambda: net.loss_and_grad(x, y, out=g))  # noqa: B023
+        tcx = _median_us(lambda: net._check_x(x))  # noqa: B023
+        tcy = _median_us(lambda: net._check_y(y, x.shape[0]))  # noqa: B023
+        tco = _median_us(lambda: net._check_out(g))  # noqa: B023
+        print(f"{cfg}: kernel {tk:.1f} µs, through MLP {tm:.1f} µs, overhead {tm - tk:.1f} µs "
+              f"(check_x {tcx:.1f}, check_y {tcy:.1f}, check_out {tco:.1f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
