@@ -7,7 +7,8 @@ a fresh process. The machine's peak is measured in the same run as a large float
 matrix product through NumPy. Prints a Markdown table; ``--write`` also writes it to
 bench/RESULTS.md's generated section.
 
-    python bench/run.py [--repeats 30] [--configs tiny small medium large] [--write]
+    python bench/run.py [--repeats 30] [--configs tiny small medium large] [--write] [--chart PNG]
+    python bench/run.py --chart-from TABLE.md --chart bench/speedup.png
 """
 
 from __future__ import annotations
@@ -146,6 +147,41 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores"
 
 
+def chart(table: str, path) -> bool:
+    """Bar chart of the float32 speed-ups over the NumPy reference, per configuration, from the
+    Markdown table this runner prints.  Returns False when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = []
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 9 or cells[1] != "float32":
+            continue
+        ref = float(cells[2].split()[0])
+        vals = []
+        for c in (cells[3], cells[5], cells[7]):
+            vals.append(ref / float(c.split()[0]) if c and c[0].isdigit() else 0.0)
+        rows.append((cells[0].split()[0], vals))
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    width = 0.26
+    labels = ["fastbp MLP.loss_and_grad(out=)", "fastbp in a user @njit loop", "PyTorch eager (CPU)"]
+    for i, label in enumerate(labels):
+        ax.bar([r + (i - 1) * width for r in range(len(rows))], [v[i] for _, v in rows], width, label=label)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks(range(len(rows)), [name for name, _ in rows])
+    ax.set_ylabel("speed-up over the NumPy reference")
+    ax.set_title("Training step, float32, 2 cores (higher is better)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--contender", nargs=4)
@@ -153,7 +189,11 @@ def main() -> int:
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS))
     ap.add_argument("--dtypes", nargs="+", default=list(DTYPES))
     ap.add_argument("--write", action="store_true")
+    ap.add_argument("--chart", metavar="PNG", help="also draw the float32 speed-ups (needs matplotlib)")
+    ap.add_argument("--chart-from", metavar="TABLE", help="only draw the chart, from a table this runner printed")
     args = ap.parse_args()
+    if args.chart_from:
+        return 0 if chart(pathlib.Path(args.chart_from).read_text(), args.chart or HERE / "speedup.png") else 1
     if args.contender:
         kind, config, dtype_name, repeats = args.contender
         print(json.dumps(contender(kind, config, dtype_name, int(repeats))))
@@ -189,6 +229,8 @@ def main() -> int:
     print(text)
     if args.write:
         (HERE / "results_table.md").write_text(text + "\n")  # paste into RESULTS.md
+    if args.chart:
+        chart(text, args.chart)
     return 0
 
 
