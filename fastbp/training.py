@@ -175,8 +175,8 @@ def fit(
     xb = np.empty((B, xa.shape[1]), net.dtype)
     yb = np.empty((B,) + ya.shape[1:], ya.dtype)
     swb = None if sw is None else np.empty(B, net.dtype)
-    monitor = "val_loss" if val is not None else "loss"
-    best, best_params, since_best = math.inf, None, 0
+    stopping = _EarlyStopping("val_loss" if val is not None else "loss", patience, min_delta)
+    best_params = None
     for epoch in range(epochs):
         t0 = time.perf_counter()
         perm = rng.permutation(n) if shuffle else np.arange(n)
@@ -209,26 +209,13 @@ def fit(
                 f"fit: the loss or gradient became non-finite in epoch {epoch}; params hold the last finite "
                 f"step. Lower lr (now {lrs[epoch]:g}) or set clip_norm."
             )
-        history["loss"].append(stats[LOSS_SUM] / stats[N_SEEN])
-        history["lr"].append(lrs[epoch])
-        if classifier:
-            history["accuracy"].append(stats[N_CORRECT] / stats[N_COUNTED])
-        if val is not None:
-            vl, va = evaluate(net, *val)
-            history["val_loss"].append(vl)
-            if classifier:
-                history["val_accuracy"].append(va)
-        history["time"].append(time.perf_counter() - t0)
-        if verbose:
-            _print_epoch(epoch, epochs, history)
-        current = history[monitor][-1]
-        if current < best - min_delta:
-            best, since_best = current, 0
-            if patience is not None and restore_best:
-                best_params = net.params.copy()
-        else:
-            since_best += 1
-        stop = patience is not None and since_best >= patience
+        accuracy = stats[N_CORRECT] / stats[N_COUNTED] if classifier else None
+        val_result = evaluate(net, *val) if val is not None else None
+        _record_epoch(history, epoch, epochs, lrs[epoch], stats[LOSS_SUM] / stats[N_SEEN], accuracy, val_result,
+                      time.perf_counter() - t0, verbose)
+        improved, stop = stopping.update(history)
+        if improved and patience is not None and restore_best:
+            best_params = net.params.copy()
         if callback is not None and callback(epoch, {k: v[-1] for k, v in history.items()}, net):
             stop = True
         if stop:
@@ -236,6 +223,40 @@ def fit(
     if best_params is not None:
         net.params[...] = best_params
     return history
+
+
+def _record_epoch(history: dict, epoch: int, epochs: int, lr: float, loss: float, accuracy, val, elapsed: float,
+                  verbose: bool) -> None:
+    """Append one epoch's figures to ``history`` (accuracies where it has their keys) and print them."""
+    history["loss"].append(loss)
+    history["lr"].append(lr)
+    if "accuracy" in history:
+        history["accuracy"].append(accuracy)
+    if val is not None:
+        history["val_loss"].append(val[0])
+        if "val_accuracy" in history:
+            history["val_accuracy"].append(val[1])
+    history["time"].append(elapsed)
+    if verbose:
+        _print_epoch(epoch, epochs, history)
+
+
+class _EarlyStopping:
+    """The monitored figure (``val_loss``, else ``loss``) of the epochs so far."""
+
+    def __init__(self, monitor: str, patience: int | None, min_delta: float):
+        self.monitor, self.patience, self.min_delta = monitor, patience, min_delta
+        self.best, self.since_best = math.inf, 0
+
+    def update(self, history: dict) -> tuple[bool, bool]:
+        """(whether the last epoch improved on the best by more than min_delta, whether to stop)."""
+        current = history[self.monitor][-1]
+        improved = current < self.best - self.min_delta
+        if improved:
+            self.best, self.since_best = current, 0
+        else:
+            self.since_best += 1
+        return improved, self.patience is not None and self.since_best >= self.patience
 
 
 def _print_epoch(epoch: int, epochs: int, history: dict) -> None:

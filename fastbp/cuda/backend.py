@@ -236,7 +236,7 @@ def fit(
     """The device training loop of ``MLP.fit`` (arguments already checked)."""
     from numba import cuda
 
-    from ..training import _print_epoch
+    from ..training import _EarlyStopping, _record_epoch
 
     n = xd.shape[0]
     B = min(batch_size, n)
@@ -256,8 +256,7 @@ def fit(
     work = state.work(B)
     work_tail = state.work(n % B) if n % B else None
     ek = state.ek
-    monitor = "val_loss" if val is not None else "loss"
-    best, since_best = math.inf, 0
+    stopping = _EarlyStopping("val_loss" if val is not None else "loss", patience, min_delta)
     best_params = None
     saved = cuda.device_array_like(state.params)
     for epoch in range(len(lrs)):
@@ -310,29 +309,16 @@ def fit(
                 f"of that epoch. Lower lr (now {lrs[epoch]:g}) or set clip_norm."
             )
         net._opt_t = t
-        history["loss"].append(loss)
-        history["lr"].append(lrs[epoch])
-        if classifier:
-            history["accuracy"].append(s[1] / s[2] if s[2] else float("nan"))
-        if val is not None:
-            vl, va = state.evaluate(*val)
-            history["val_loss"].append(vl)
-            if classifier:
-                history["val_accuracy"].append(va)
+        accuracy = (s[1] / s[2] if s[2] else float("nan")) if classifier else None
+        val_result = state.evaluate(*val) if val is not None else None
         cuda.synchronize()
-        history["time"].append(time.perf_counter() - t0)
-        if verbose:
-            _print_epoch(epoch, len(lrs), history)
-        current = history[monitor][-1]
-        if current < best - min_delta:
-            best, since_best = current, 0
-            if patience is not None and restore_best:
-                if best_params is None:
-                    best_params = cuda.device_array_like(state.params)
-                best_params.copy_to_device(state.params)
-        else:
-            since_best += 1
-        stop = patience is not None and since_best >= patience
+        _record_epoch(history, epoch, len(lrs), lrs[epoch], loss, accuracy, val_result, time.perf_counter() - t0,
+                      verbose)
+        improved, stop = stopping.update(history)
+        if improved and patience is not None and restore_best:
+            if best_params is None:
+                best_params = cuda.device_array_like(state.params)
+            best_params.copy_to_device(state.params)
         if callback is not None:
             state.params.copy_to_host(net.params)
             if callback(epoch, {k: v[-1] for k, v in history.items()}, net):
