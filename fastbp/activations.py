@@ -16,6 +16,7 @@ import math
 import numpy as np
 from numba import njit
 
+from . import _math
 from .config import FASTMATH
 
 __all__ = [
@@ -32,9 +33,12 @@ __all__ = [
     "SOFTPLUS",
     "TANH",
     "activate_and_derive_row",
+    "activate_and_derive_rows",
     "activate_row",
+    "activate_rows",
     "derivative",
     "scale_by_derivative_row",
+    "scale_by_derivative_rows",
     "value",
 ]
 
@@ -62,13 +66,14 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _jit = njit(cache=True, fastmath=FASTMATH)
 
 
-@_jit
-def _sigmoid(z):
-    one = type(z)(1.0)
-    if z >= 0:
-        return one / (one + np.exp(-z))
-    e = np.exp(z)
-    return e / (one + e)
+# Sigmoid and tanh come from fastbp._math: arithmetic only, so the row loops below vectorise.
+_sigmoid = _math.sigmoid
+_tanh = _math.tanh
+
+#: Row loops: no fast-math (the vector body and the scalar remainder of a loop give the same
+#: bits, so a sample's result does not depend on its place in the batch), and divisions that
+#: raise nothing (``error_model="numpy"``), which is what lets the loops vectorise.
+_rows = njit(cache=True, error_model="numpy")
 
 
 @_jit
@@ -90,7 +95,7 @@ def value(code, z):
     if code == SIGMOID:
         return _sigmoid(z)
     if code == TANH:
-        return np.tanh(z)
+        return _tanh(z)
     if code == RELU:
         return z if z > 0 else T(0.0)
     if code == LEAKY_RELU:
@@ -125,7 +130,7 @@ def derivative(code, z):
         s = _sigmoid(z)
         return s * (T(1.0) - s)
     if code == TANH:
-        t = np.tanh(z)
+        t = _tanh(z)
         return T(1.0) - t * t
     if code == RELU:
         return T(1.0) if z > 0 else T(0.0)
@@ -143,7 +148,61 @@ def derivative(code, z):
     return T(1.0)
 
 
-@_jit
+@_rows
+def activate_rows(code, z, a, r0, r1):
+    """a = σ(z) for the rows r0 <= r < r1 of 2-D ``z`` and ``a`` (``a`` may be ``z``).
+
+    Softmax is taken over each row: a_j = exp(z_j - max z) / Σ_i exp(z_i - max z).
+
+    Parameters
+    ----------
+    code : int
+        Activation code.
+    z, a : 2-D float arrays of the same shape and dtype, one sample per row.
+    r0, r1 : int
+        The rows to compute.
+    """
+    n = z.shape[1]
+    T = z.dtype.type
+    zero = T(0.0)
+    if code == IDENTITY:
+        for r in range(r0, r1):
+            for i in range(n):
+                a[r, i] = z[r, i]
+    elif code == RELU:
+        for r in range(r0, r1):
+            for i in range(n):
+                zi = z[r, i]
+                a[r, i] = zi if zi > 0 else zero
+    elif code == SIGMOID:
+        for r in range(r0, r1):
+            for i in range(n):
+                a[r, i] = _sigmoid(z[r, i])
+    elif code == TANH:
+        for r in range(r0, r1):
+            for i in range(n):
+                a[r, i] = _tanh(z[r, i])
+    elif code == SOFTMAX:
+        for r in range(r0, r1):
+            m = z[r, 0]
+            for i in range(1, n):
+                if z[r, i] > m:
+                    m = z[r, i]
+            s = zero
+            for i in range(n):
+                e = np.exp(z[r, i] - m)
+                a[r, i] = e
+                s += e
+            inv = T(1.0) / s
+            for i in range(n):
+                a[r, i] *= inv
+    else:
+        for r in range(r0, r1):
+            for i in range(n):
+                a[r, i] = value(code, z[r, i])
+
+
+@_rows
 def activate_row(code, z, a):
     """a = σ(z) over one row (one sample); ``a`` may be ``z``.
 
@@ -155,73 +214,101 @@ def activate_row(code, z, a):
         Activation code.
     z, a : 1-D float arrays of the same length and dtype.
     """
-    n = z.shape[0]
-    zero = z.dtype.type(0.0)
-    if code == IDENTITY:
-        for i in range(n):
-            a[i] = z[i]
-    elif code == RELU:
-        for i in range(n):
-            zi = z[i]
-            a[i] = zi if zi > 0 else zero
-    elif code == SOFTMAX:
-        m = z[0]
-        for i in range(1, n):
-            if z[i] > m:
-                m = z[i]
-        s = zero
-        for i in range(n):
-            e = np.exp(z[i] - m)
-            a[i] = e
-            s += e
-        inv = z.dtype.type(1.0) / s
-        for i in range(n):
-            a[i] *= inv
-    else:
-        for i in range(n):
-            a[i] = value(code, z[i])
+    activate_rows(code, z[None, :], a[None, :], 0, 1)
 
 
-@_jit
-def activate_and_derive_row(code, z, a):
-    """a = σ(z) and, in place of z, s = σ'(z), over one row (elementwise activations only).
+@_rows
+def activate_and_derive_rows(code, z, a, r0, r1):
+    """a = σ(z) and, in place of z, s = σ'(z), for the rows r0 <= r < r1 (elementwise activations).
 
     The training forward pass keeps s instead of z for hidden layers, so that BP2 needs no
     transcendental function: σ' comes from a where it can (sigmoid a(1−a), tanh 1−a²), and
     sigmoid and tanh cost one exponential per element instead of two.
+
+    Parameters
+    ----------
+    code : int
+        Activation code (not softmax).
+    z, a : 2-D float arrays of the same shape and dtype; z is overwritten with σ'(z).
+    r0, r1 : int
+        The rows to compute.
     """
-    n = z.shape[0]
+    n = z.shape[1]
     T = z.dtype.type
     zero = T(0.0)
     one = T(1.0)
     if code == IDENTITY:
-        for i in range(n):
-            a[i] = z[i]
-            z[i] = one
+        for r in range(r0, r1):
+            for i in range(n):
+                a[r, i] = z[r, i]
+                z[r, i] = one
     elif code == RELU:
-        for i in range(n):
-            zi = z[i]
-            pos = zi > 0
-            a[i] = zi if pos else zero
-            z[i] = one if pos else zero
+        for r in range(r0, r1):
+            for i in range(n):
+                zi = z[r, i]
+                pos = zi > 0
+                a[r, i] = zi if pos else zero
+                z[r, i] = one if pos else zero
     elif code == SIGMOID:
-        for i in range(n):
-            ai = _sigmoid(z[i])
-            a[i] = ai
-            z[i] = ai * (one - ai)
+        for r in range(r0, r1):
+            for i in range(n):
+                ai = _sigmoid(z[r, i])
+                a[r, i] = ai
+                z[r, i] = ai * (one - ai)
     elif code == TANH:
-        for i in range(n):
-            ai = np.tanh(z[i])
-            a[i] = ai
-            z[i] = one - ai * ai
+        for r in range(r0, r1):
+            for i in range(n):
+                ai = _tanh(z[r, i])
+                a[r, i] = ai
+                z[r, i] = one - ai * ai
     else:
-        for i in range(n):
-            zi = z[i]
-            a[i] = value(code, zi)
-            z[i] = derivative(code, zi)
+        for r in range(r0, r1):
+            for i in range(n):
+                zi = z[r, i]
+                a[r, i] = value(code, zi)
+                z[r, i] = derivative(code, zi)
 
 
-@_jit
+@_rows
+def activate_and_derive_row(code, z, a):
+    """a = σ(z) and, in place of z, s = σ'(z), over one row (elementwise activations only).
+
+    See :func:`activate_and_derive_rows`.
+    """
+    activate_and_derive_rows(code, z[None, :], a[None, :], 0, 1)
+
+
+@_rows
+def scale_by_derivative_rows(code, z, g, out, r0, r1):
+    """out = g ⊙ σ'(z) for the rows r0 <= r < r1; ``out`` may be ``g`` or ``z``.
+
+    The Hadamard factor of BP1 and BP2 for an elementwise activation.
+
+    Parameters
+    ----------
+    code : int
+        Activation code (not softmax: its Jacobian is not diagonal).
+    z, g, out : 2-D float arrays of the same shape and dtype.
+    r0, r1 : int
+        The rows to compute.
+    """
+    n = z.shape[1]
+    zero = z.dtype.type(0.0)
+    if code == IDENTITY:
+        for r in range(r0, r1):
+            for i in range(n):
+                out[r, i] = g[r, i]
+    elif code == RELU:
+        for r in range(r0, r1):
+            for i in range(n):
+                out[r, i] = g[r, i] if z[r, i] > 0 else zero
+    else:
+        for r in range(r0, r1):
+            for i in range(n):
+                out[r, i] = g[r, i] * derivative(code, z[r, i])
+
+
+@_rows
 def scale_by_derivative_row(code, z, g, out):
     """out = g ⊙ σ'(z) over one row; ``out`` may be ``g`` or ``z``.
 
@@ -233,14 +320,4 @@ def scale_by_derivative_row(code, z, g, out):
         Activation code (not softmax: its Jacobian is not diagonal).
     z, g, out : 1-D float arrays of the same length and dtype.
     """
-    n = z.shape[0]
-    zero = z.dtype.type(0.0)
-    if code == IDENTITY:
-        for i in range(n):
-            out[i] = g[i]
-    elif code == RELU:
-        for i in range(n):
-            out[i] = g[i] if z[i] > 0 else zero
-    else:
-        for i in range(n):
-            out[i] = g[i] * derivative(code, z[i])
+    scale_by_derivative_rows(code, z[None, :], g[None, :], out[None, :], 0, 1)

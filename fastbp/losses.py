@@ -26,6 +26,7 @@ __all__ = [
     "MSE",
     "NAMES",
     "REQUIRED_OUTPUT",
+    "output_delta_at",
     "output_delta_row",
 ]
 
@@ -42,11 +43,11 @@ REQUIRED_OUTPUT = {MSE: None, CROSS_ENTROPY: SOFTMAX, BINARY_CROSS_ENTROPY: SIGM
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def output_delta_row(loss, act, z, a, y, label, scale, delta):
-    """BP1 for one sample: δ^L = ∇_a C ⊙ σ'(z^L); returns this sample's loss term.
+def output_delta_at(loss, act, z, a, y, label, scale, delta, r):
+    """BP1 for sample ``r``: δ^L = ∇_a C ⊙ σ'(z^L) in row r; returns the sample's loss term.
 
     With ``label >= 0`` the target is the one-hot vector of ``label`` and ``y``
-    is not read; otherwise the target is the row ``y``.  ``scale`` is the
+    is not read; otherwise the target is row r of ``y``.  ``scale`` is the
     sample's weight in C (1/N for the plain mean).  ``delta`` may be ``z``.
 
     - mse: δ_j = s (a_j − y_j) σ'(z_j); for a softmax output the
@@ -59,65 +60,77 @@ def output_delta_row(loss, act, z, a, y, label, scale, delta):
     ----------
     loss, act : int
         Loss and output-activation codes.
-    z, a : 1-D float arrays
-        z^L and a^L of the sample.
-    y : 1-D float array
-        Target row (ignored when ``label >= 0``).
+    z, a : 2-D float arrays
+        z^L and a^L, one sample per row.
+    y : 2-D float array
+        Targets, one per row (ignored when ``label >= 0``).
     label : int
         Class label, or -1 to use ``y``.
     scale : float
         Weight of the sample in the mean (the same dtype as ``z``).
-    delta : 1-D float array
-        Output: δ^L of the sample.
+    delta : 2-D float array
+        Output: δ^L, row r written.
+    r : int
+        The sample (row).
 
     Returns
     -------
     float
         The sample's unscaled loss term (Σ_j of the summand of C).
     """
-    n = z.shape[0]
+    n = z.shape[1]
     T = z.dtype.type
     zero = T(0.0)
     one = T(1.0)
     total = 0.0
     if loss == CROSS_ENTROPY:
-        m = z[0]
+        m = z[r, 0]
         for i in range(1, n):
-            if z[i] > m:
-                m = z[i]
+            if z[r, i] > m:
+                m = z[r, i]
         s = zero
         for i in range(n):
-            s += np.exp(z[i] - m)
+            s += np.exp(z[r, i] - m)
         lse = m + np.log(s)
         sy = zero
         for i in range(n):
-            yi = (one if i == label else zero) if label >= 0 else y[i]
+            yi = (one if i == label else zero) if label >= 0 else y[r, i]
             sy += yi
-            total += yi * (lse - z[i])
+            total += yi * (lse - z[r, i])
         for i in range(n):
-            yi = (one if i == label else zero) if label >= 0 else y[i]
-            delta[i] = scale * (a[i] * sy - yi)
+            yi = (one if i == label else zero) if label >= 0 else y[r, i]
+            delta[r, i] = scale * (a[r, i] * sy - yi)
     elif loss == BINARY_CROSS_ENTROPY:
         for i in range(n):
-            yi = (one if i == label else zero) if label >= 0 else y[i]
-            zi = z[i]
+            yi = (one if i == label else zero) if label >= 0 else y[r, i]
+            zi = z[r, i]
             total += max(zi, zero) - zi * yi + np.log1p(np.exp(-abs(zi)))
-            delta[i] = scale * (a[i] - yi)
+            delta[r, i] = scale * (a[r, i] - yi)
     else:  # MSE
         if act == SOFTMAX:
             ga = zero
             for i in range(n):
-                yi = (one if i == label else zero) if label >= 0 else y[i]
-                d = a[i] - yi
+                yi = (one if i == label else zero) if label >= 0 else y[r, i]
+                d = a[r, i] - yi
                 total += 0.5 * d * d
-                ga += d * a[i]
+                ga += d * a[r, i]
             for i in range(n):
-                yi = (one if i == label else zero) if label >= 0 else y[i]
-                delta[i] = scale * a[i] * ((a[i] - yi) - ga)
+                yi = (one if i == label else zero) if label >= 0 else y[r, i]
+                delta[r, i] = scale * a[r, i] * ((a[r, i] - yi) - ga)
         else:
             for i in range(n):
-                yi = (one if i == label else zero) if label >= 0 else y[i]
-                d = a[i] - yi
+                yi = (one if i == label else zero) if label >= 0 else y[r, i]
+                d = a[r, i] - yi
                 total += 0.5 * d * d
-                delta[i] = scale * d * derivative(act, z[i])  # reads z[i] before delta may overwrite it
+                delta[r, i] = scale * d * derivative(act, z[r, i])  # reads z[r, i] before delta may overwrite it
     return total
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def output_delta_row(loss, act, z, a, y, label, scale, delta):
+    """BP1 for one sample: δ^L = ∇_a C ⊙ σ'(z^L); returns this sample's loss term.
+
+    The 1-D form of :func:`output_delta_at`: ``z``, ``a``, ``y`` and ``delta``
+    are the sample's rows; ``delta`` may be ``z``.
+    """
+    return output_delta_at(loss, act, z[None, :], a[None, :], y[None, :], label, scale, delta[None, :], 0)

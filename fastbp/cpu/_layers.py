@@ -22,9 +22,9 @@ from __future__ import annotations
 
 from numba import njit, prange
 
-from ..activations import activate_and_derive_row, activate_row, scale_by_derivative_row
+from ..activations import activate_and_derive_rows, activate_rows, scale_by_derivative_rows
 from ..config import FASTMATH
-from ..losses import output_delta_row
+from ..losses import output_delta_at
 
 _inline = njit(inline="always")
 
@@ -104,11 +104,10 @@ def linear_forward_body(W, b, a_prev, act, z, a, derive=False):
                     for k in range(n_in):
                         s += a_prev[r, k] * W[jj, k]
                     z[r, jj] = s + b[jj]
-        for r in range(r0, min(r0 + 4, N)):
-            if derive:
-                activate_and_derive_row(act, z[r], a[r])
-            else:
-                activate_row(act, z[r], a[r])
+        if derive:
+            activate_and_derive_rows(act, z, a, r0, min(r0 + 4, N))
+        else:
+            activate_rows(act, z, a, r0, min(r0 + 4, N))
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -120,9 +119,9 @@ def output_delta_body(loss, act, z, a, y, delta, sample_weight=None):
         total = 0.0
         for r in range(N):
             if y.ndim == 1:
-                total += output_delta_row(loss, act, z[r], a[r], a[r], y[r], scale, delta[r])
+                total += output_delta_at(loss, act, z, a, a, y[r], scale, delta, r)
             else:
-                total += output_delta_row(loss, act, z[r], a[r], y[r], -1, scale, delta[r])
+                total += output_delta_at(loss, act, z, a, y, -1, scale, delta, r)
         return total / N
     # Weighted mean: C = Σ_n w_n ℓ_n / Σ_n w_n (zero when every weight is zero).
     w_total = 0.0
@@ -133,9 +132,9 @@ def output_delta_body(loss, act, z, a, y, delta, sample_weight=None):
     for r in range(N):
         w = sample_weight[r] * inv
         if y.ndim == 1:
-            term = output_delta_row(loss, act, z[r], a[r], a[r], y[r], T(w), delta[r])
+            term = output_delta_at(loss, act, z, a, a, y[r], T(w), delta, r)
         else:
-            term = output_delta_row(loss, act, z[r], a[r], y[r], -1, T(w), delta[r])
+            term = output_delta_at(loss, act, z, a, y, -1, T(w), delta, r)
         total += w * term
     return total
 
@@ -187,12 +186,12 @@ def backprop_delta_body(W, delta_next, z, act, delta, z_is_derivative=False):
                     c = delta_next[r, jj]
                     for k in range(n):
                         delta[r, k] += c * W[jj, k]
-        for r in range(r0, r1):
-            if z_is_derivative:
+        if z_is_derivative:
+            for r in range(r0, r1):
                 for k in range(n):
                     delta[r, k] *= z[r, k]
-            else:
-                scale_by_derivative_row(act, z[r], delta[r], delta[r])
+        else:
+            scale_by_derivative_rows(act, z, delta, delta, r0, r1)
 
 
 @_inline
