@@ -73,7 +73,7 @@ _tanh = _math.tanh
 #: Row loops: no fast-math (the vector body and the scalar remainder of a loop give the same
 #: bits, so a sample's result does not depend on its place in the batch), and divisions that
 #: raise nothing (``error_model="numpy"``), which is what lets the loops vectorise.
-_rows = njit(cache=True, error_model="numpy")
+_rows = njit(cache=True, error_model="numpy", fastmath=False)
 
 
 @_jit

@@ -16,7 +16,7 @@ from __future__ import annotations
 from numba import get_num_threads, njit
 
 from ..config import FASTMATH, PARALLEL_MIN_WORK
-from ..layout import activation_offset, weight_offset
+from ..layout import activation_offset, view2d, weight_offset
 from . import _layers
 from ._twins import twins
 
@@ -32,18 +32,18 @@ def _forward_body(params, sizes, acts, x, work, train):
         n_out = sizes[l + 1]
         wo = weight_offset(sizes, l)
         bo = wo + n_out * n_in
-        W = params[wo:bo].reshape((n_out, n_in))
+        W = view2d(params, wo, n_out, n_in)
         b = params[bo : bo + n_out]
         zo = activation_offset(sizes, l, N)
-        Z = work[zo : zo + N * n_out].reshape((N, n_out))
-        A = work[zo + N * n_out : zo + 2 * N * n_out].reshape((N, n_out))
+        Z = view2d(work, zo, N, n_out)
+        A = view2d(work, zo + N * n_out, N, n_out)
         # Training keeps σ'(z) instead of z for hidden layers (BP2 needs nothing else).
         derive = train and l < L - 1
         if l == 0:
             _layers.linear_forward_body(W, b, x, acts[l], Z, A, derive)
         else:
             po = zo - N * n_in
-            P = work[po:zo].reshape((N, n_in))
+            P = view2d(work, po, N, n_in)
             _layers.linear_forward_body(W, b, P, acts[l], Z, A, derive)
 
 
@@ -53,7 +53,7 @@ def _forward_impl(params, sizes, acts, x, out, work):
     N = x.shape[0]
     n_out = sizes[L]
     ao = activation_offset(sizes, L - 1, N) + N * n_out
-    A = work[ao : ao + N * n_out].reshape((N, n_out))
+    A = view2d(work, ao, N, n_out)
     for r in range(N):
         for j in range(n_out):
             out[r, j] = A[r, j]
@@ -67,8 +67,8 @@ def _loss_and_grad_impl(params, sizes, acts, loss, x, y, grad, work, sample_weig
     # BP1 into the z^L buffer.
     nL = sizes[L]
     zo = activation_offset(sizes, L - 1, N)
-    ZL = work[zo : zo + N * nL].reshape((N, nL))
-    AL = work[zo + N * nL : zo + 2 * N * nL].reshape((N, nL))
+    ZL = view2d(work, zo, N, nL)
+    AL = view2d(work, zo + N * nL, N, nL)
     total = _layers.output_delta_body(loss, acts[L - 1], ZL, AL, y, ZL, sample_weight)
 
     for l in range(L - 1, -1, -1):
@@ -76,23 +76,23 @@ def _loss_and_grad_impl(params, sizes, acts, loss, x, y, grad, work, sample_weig
         n_out = sizes[l + 1]
         wo = weight_offset(sizes, l)
         bo = wo + n_out * n_in
-        gW = grad[wo:bo].reshape((n_out, n_in))
+        gW = view2d(grad, wo, n_out, n_in)
         gb = grad[bo : bo + n_out]
         zo = activation_offset(sizes, l, N)
         if l == L - 1:
-            D = work[zo : zo + N * n_out].reshape((N, n_out))
+            D = view2d(work, zo, N, n_out)
         else:
-            D = work[zo + N * n_out : zo + 2 * N * n_out].reshape((N, n_out))
+            D = view2d(work, zo + N * n_out, N, n_out)
         # BP3 + BP4
         if l == 0:
             _layers.weight_bias_grad_body(D, x, gW, gb)
         else:
             po = zo - N * n_in  # a^{l-1}
-            P = work[po:zo].reshape((N, n_in))
+            P = view2d(work, po, N, n_in)
             _layers.weight_bias_grad_body(D, P, gW, gb)
             # BP2: δ^{l-1} into the a^{l-1} buffer.
-            W = params[wo:bo].reshape((n_out, n_in))
-            Zp = work[po - N * n_in : po].reshape((N, n_in))
+            W = view2d(params, wo, n_out, n_in)
+            Zp = view2d(work, po - N * n_in, N, n_in)
             _layers.backprop_delta_body(W, D, Zp, acts[l - 1], P, True)
     return total
 
