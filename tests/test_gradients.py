@@ -69,6 +69,26 @@ def test_loss_and_grad_matches_reference(loss, out_act, labels, dtype, rng):
         assert_close(g, gr, dtype, factor=20)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("out_act", ["sigmoid", "tanh", "identity"])
+def test_mse_with_labels_and_sample_weights_matches_reference(out_act, dtype, rng):
+    # mse with an elementwise output takes BP1 from the σ' the forward pass kept: check it
+    # with one-hot labels and with sample weights (zero weights included), at batch 1 and 13.
+    sizes = [7, 13, 3]
+    net = _net(sizes, ["tanh", out_act], "mse", dtype)
+    for n in (1, 13):
+        x, y = random_problem(rng, sizes, n, dtype, loss="mse")
+        labels = rng.integers(0, 3, size=n)
+        sw = rng.random(n).astype(dtype)
+        sw[::3] = 0 if n > 1 else sw[::3]
+        for yy, w in ((labels, None), (y, sw), (labels, sw)):
+            C, g = net.loss_and_grad(x, yy, sample_weight=w)
+            Cr, gr = fastbp.reference.loss_and_grad(net.params, net.sizes, net._acts_arr, "mse", x, yy,
+                                                    sample_weight=w)
+            assert_close(C, Cr, dtype, factor=20)
+            assert_close(g, gr, dtype, factor=20)
+
+
 @pytest.mark.parametrize("hidden", HIDDEN)
 @pytest.mark.parametrize("loss,out_act,labels", HEADS)
 def test_gradient_matches_central_differences_float64(hidden, loss, out_act, labels):

@@ -189,6 +189,21 @@ def test_params_setter_copies_into_the_same_buffer():
     np.testing.assert_array_equal(net.params, new.astype(np.float32))
 
 
+def test_in_place_update_of_params_keeps_the_buffer_and_the_views():
+    net = _net()
+    buf = net.params
+    w0 = net.weights[0]
+    before = buf.copy()
+    g = np.linspace(-1, 1, net.n_params).astype(np.float32)
+    net.params -= np.float32(0.5) * g  # the setter receives θ itself
+    assert net.params is buf and net.weights[0] is w0
+    np.testing.assert_array_equal(net.params, before - np.float32(0.5) * g)
+    net.params = net.params  # assigning θ to itself changes nothing
+    np.testing.assert_array_equal(net.params, before - np.float32(0.5) * g)
+    net.params = net.params[::-1].copy()  # a copy is a new value: still copied in
+    np.testing.assert_array_equal(net.params, (before - np.float32(0.5) * g)[::-1])
+
+
 # -- validation of calls: a clear error and params untouched --------------------------------------
 
 X_OK = np.zeros((5, 4), np.float32)

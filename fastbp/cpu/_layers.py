@@ -112,9 +112,45 @@ def linear_forward_body(W, b, a_prev, act, z, a, derive=False):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def output_delta_body(loss, act, z, a, y, delta, sample_weight=None):
+def _mse_delta_from_derivative(s, a, y, delta, sample_weight):
+    """BP1 for mse with an elementwise output whose σ'(z^L) the forward pass kept in ``s``:
+    δ_nj = w_n (a_nj − y_nj) s_nj, in one sweep over the batch (no σ' to recompute)."""
+    N, n = a.shape
+    T = a.dtype.type
+    one = T(1.0)
+    zero = T(0.0)
+    scale = T(1.0) / T(N)
+    inv = 0.0
+    if sample_weight is not None:
+        w_total = 0.0
+        for r in range(N):
+            w_total += sample_weight[r]
+        inv = 1.0 / w_total if w_total > 0 else 0.0
+    total = 0.0
+    for r in range(N):
+        wr = 1.0 if sample_weight is None else sample_weight[r] * inv
+        w = scale if sample_weight is None else T(wr)
+        term = 0.0
+        for i in range(n):
+            if y.ndim == 1:
+                yi = one if i == y[r] else zero
+            else:
+                yi = y[r, i]
+            d = a[r, i] - yi
+            term += 0.5 * d * d
+            delta[r, i] = w * d * s[r, i]
+        total += wr * term
+    return total / N if sample_weight is None else total
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def output_delta_body(loss, act, z, a, y, delta, sample_weight=None, z_is_derivative=False):
+    """BP1 over the batch; returns C.  With ``z_is_derivative`` (mse and an elementwise
+    output only) ``z`` holds σ'(z^L), as the training forward pass leaves it."""
     N = z.shape[0]
     T = z.dtype.type
+    if z_is_derivative:
+        return _mse_delta_from_derivative(z, a, y, delta, sample_weight)
     if sample_weight is None:
         scale = T(1.0) / T(N)
         total = 0.0

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from numba import get_num_threads, njit
 
+from ..activations import SOFTMAX
 from ..config import FASTMATH, PARALLEL_MIN_WORK
 from ..layout import activation_offset, view2d, weight_offset
+from ..losses import MSE
 from . import _layers
 from ._twins import twins
 
@@ -24,7 +26,7 @@ __all__ = ["forward", "loss_and_grad"]
 
 
 @njit(inline="always")
-def _forward_body(params, sizes, acts, x, work, train):
+def _forward_body(params, sizes, acts, x, work, train, derive_out=False):
     L = sizes.shape[0] - 1
     N = x.shape[0]
     for l in range(L):
@@ -37,8 +39,9 @@ def _forward_body(params, sizes, acts, x, work, train):
         zo = activation_offset(sizes, l, N)
         Z = view2d(work, zo, N, n_out)
         A = view2d(work, zo + N * n_out, N, n_out)
-        # Training keeps σ'(z) instead of z for hidden layers (BP2 needs nothing else).
-        derive = train and l < L - 1
+        # Training keeps σ'(z) instead of z for hidden layers (BP2 needs nothing else), and
+        # for the output layer when BP1 needs nothing else (mse, elementwise activation).
+        derive = train and (l < L - 1 or derive_out)
         if l == 0:
             _layers.linear_forward_body(W, b, x, acts[l], Z, A, derive)
         else:
@@ -62,14 +65,15 @@ def _forward_impl(params, sizes, acts, x, out, work):
 def _loss_and_grad_impl(params, sizes, acts, loss, x, y, grad, work, sample_weight=None):
     L = sizes.shape[0] - 1
     N = x.shape[0]
-    _forward_body(params, sizes, acts, x, work, True)
+    derive_out = loss == MSE and acts[L - 1] != SOFTMAX
+    _forward_body(params, sizes, acts, x, work, True, derive_out)
 
     # BP1 into the z^L buffer.
     nL = sizes[L]
     zo = activation_offset(sizes, L - 1, N)
     ZL = view2d(work, zo, N, nL)
     AL = view2d(work, zo + N * nL, N, nL)
-    total = _layers.output_delta_body(loss, acts[L - 1], ZL, AL, y, ZL, sample_weight)
+    total = _layers.output_delta_body(loss, acts[L - 1], ZL, AL, y, ZL, sample_weight, derive_out)
 
     for l in range(L - 1, -1, -1):
         n_in = sizes[l]
