@@ -23,6 +23,13 @@ FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
 #: microseconds to wake, so small calls stay serial.
 PARALLEL_MIN_WORK = 1 << 18
 
+#: Widest layer input (n_{l-1}) for which the training step computes the forward product and
+#: BP3 vectorised along the layer's outputs, from a transposed copy of W^l (kept in the gradient
+#: buffer until BP3 overwrites it) and a transposed ∂C/∂W^l (accumulated in the free z^l
+#: buffer).  The blocked kernels vectorise along n_{l-1}, which leaves 4 of 16 lanes busy at the
+#: tiny configuration's n0 = 4.
+SMALL_INPUT = 8
+
 #: Length of the parameter vector from which the optimizer update runs in parallel.
 PARALLEL_MIN_PARAMS = 1 << 13
 

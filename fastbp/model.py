@@ -29,6 +29,20 @@ from ._validation import (
     check_int,
 )
 from .layout import n_params, split_params, workspace_size
+from .training import _check_sample_weight
+
+_CPU = None
+
+
+def _cpu():
+    """fastbp.cpu, imported on first use (``import fastbp`` does not load the compiled kernels;
+    a function-level import would cost 0.5 µs per call on the hot path)."""
+    global _CPU
+    if _CPU is None:
+        from . import cpu
+
+        _CPU = cpu
+    return _CPU
 
 __all__ = ["MLP"]
 
@@ -329,10 +343,8 @@ class MLP:
 
             self._cuda.upload_params()
             return self._cuda.forward(cuda.to_device(xa)).copy_to_host()
-        from .cpu import forward
-
         out = np.empty((xa.shape[0], self.sizes[-1]), dtype=self.dtype)
-        forward(self._params, self._sizes_arr, self._acts_arr, xa, out, self._workspace(xa.shape[0]))
+        _cpu().forward(self._params, self._sizes_arr, self._acts_arr, xa, out, self._workspace(xa.shape[0]))
         return out
 
     def _loss_checked(self, xa: np.ndarray, ya: np.ndarray) -> tuple[float, np.ndarray]:
@@ -406,8 +418,6 @@ class MLP:
         grad : ndarray
             ∂C/∂θ laid out like ``params`` (``out`` when given).
         """
-        from .training import _check_sample_weight
-
         if self.backend == "cuda":
             return self._loss_and_grad_cuda(x, y, out, sample_weight)
         xa, _ = self._check_x(x)
@@ -420,10 +430,8 @@ class MLP:
             )
             g[...] = ref
             return loss, g
-        from .cpu import loss_and_grad
-
         work = self._workspace(xa.shape[0])
-        loss = loss_and_grad(self._params, self._sizes_arr, self._acts_arr, self._loss_code, xa, ya, g, work, sw)
+        loss = _cpu().loss_and_grad(self._params, self._sizes_arr, self._acts_arr, self._loss_code, xa, ya, g, work, sw)
         return float(loss), g
 
     def _loss_and_grad_cuda(self, x, y, out, sample_weight):

@@ -111,6 +111,57 @@ def linear_forward_body(W, b, a_prev, act, z, a, derive=False):
             activate_rows(act, z, a, r0, min(r0 + 4, N))
 
 
+# The two narrow-input kernels are serial functions of their own (compiled once per signature
+# and cached), not inlined bodies: the network kernels use them only below the parallel
+# threshold, and inlining them into both twins cost 5 s of compile time per model.
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def linear_forward_small_in(WT, b, a_prev, act, z, a, derive):
+    """Forward product for a narrow input: z_r = b + Σ_k a_rk (W^T)_k, vectorised along the
+    n_l outputs; ``WT`` is W^l transposed, (n_{l-1}, n_l)."""
+    N = a_prev.shape[0]
+    n_in, n_out = WT.shape
+    for rb in range((N + 3) // 4):
+        r0 = rb * 4
+        r1 = min(r0 + 4, N)
+        for r in range(r0, r1):
+            for j in range(n_out):
+                z[r, j] = b[j]
+            for k in range(n_in):
+                c = a_prev[r, k]
+                for j in range(n_out):
+                    z[r, j] += c * WT[k, j]
+        if derive:
+            activate_and_derive_rows(act, z, a, r0, r1)
+        else:
+            activate_rows(act, z, a, r0, r1)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def weight_bias_grad_small_in(delta, a_prev, gW, gb, gT):
+    """BP3 and BP4 for a narrow input: (∂C/∂W)^T_k = Σ_n a_nk δ_n accumulated in ``gT``
+    ((n_{l-1}, n_l) scratch), vectorised along the n_l outputs, then transposed into gW."""
+    N, n_out = delta.shape
+    n_in = a_prev.shape[1]
+    zero = delta.dtype.type(0.0)
+    for k in range(n_in):
+        for j in range(n_out):
+            gT[k, j] = zero
+    for j in range(n_out):
+        gb[j] = zero
+    for r in range(N):
+        for j in range(n_out):
+            gb[j] += delta[r, j]
+        for k in range(n_in):
+            c = a_prev[r, k]
+            for j in range(n_out):
+                gT[k, j] += c * delta[r, j]
+    for j in range(n_out):
+        for k in range(n_in):
+            gW[j, k] = gT[k, j]
+
+
 @njit(cache=True, fastmath=FASTMATH)
 def _mse_delta_from_derivative(s, a, y, delta, sample_weight):
     """BP1 for mse with an elementwise output whose σ'(z^L) the forward pass kept in ``s``:

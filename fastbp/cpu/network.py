@@ -16,7 +16,7 @@ from __future__ import annotations
 from numba import get_num_threads, njit
 
 from ..activations import SOFTMAX
-from ..config import FASTMATH, PARALLEL_MIN_WORK
+from ..config import FASTMATH, PARALLEL_MIN_WORK, SMALL_INPUT
 from ..layout import activation_offset, view2d, weight_offset
 from ..losses import MSE
 from . import _layers
@@ -26,7 +26,7 @@ __all__ = ["forward", "loss_and_grad"]
 
 
 @njit(inline="always")
-def _forward_body(params, sizes, acts, x, work, train, derive_out=False):
+def _forward_body(params, sizes, acts, x, work, train, derive_out=False, grad=None):
     L = sizes.shape[0] - 1
     N = x.shape[0]
     for l in range(L):
@@ -42,7 +42,18 @@ def _forward_body(params, sizes, acts, x, work, train, derive_out=False):
         # Training keeps σ'(z) instead of z for hidden layers (BP2 needs nothing else), and
         # for the output layer when BP1 needs nothing else (mse, elementwise activation).
         derive = train and (l < L - 1 or derive_out)
-        if l == 0:
+        if grad is not None and n_in <= SMALL_INPUT and N * n_in * n_out < PARALLEL_MIN_WORK:
+            # W^T into the gradient's slot of W^l, which BP3 overwrites later.
+            WT = view2d(grad, wo, n_in, n_out)
+            for j in range(n_out):
+                for k in range(n_in):
+                    WT[k, j] = W[j, k]
+            if l == 0:
+                _layers.linear_forward_small_in(WT, b, x, acts[l], Z, A, derive)
+            else:
+                P = view2d(work, zo - N * n_in, N, n_in)
+                _layers.linear_forward_small_in(WT, b, P, acts[l], Z, A, derive)
+        elif l == 0:
             _layers.linear_forward_body(W, b, x, acts[l], Z, A, derive)
         else:
             po = zo - N * n_in
@@ -66,7 +77,7 @@ def _loss_and_grad_impl(params, sizes, acts, loss, x, y, grad, work, sample_weig
     L = sizes.shape[0] - 1
     N = x.shape[0]
     derive_out = loss == MSE and acts[L - 1] != SOFTMAX
-    _forward_body(params, sizes, acts, x, work, True, derive_out)
+    _forward_body(params, sizes, acts, x, work, True, derive_out, grad)
 
     # BP1 into the z^L buffer.
     nL = sizes[L]
@@ -87,13 +98,21 @@ def _loss_and_grad_impl(params, sizes, acts, loss, x, y, grad, work, sample_weig
             D = view2d(work, zo, N, n_out)
         else:
             D = view2d(work, zo + N * n_out, N, n_out)
-        # BP3 + BP4
+        # BP3 + BP4.  A hidden layer's z^l buffer (σ'(z^l), used up by the BP2 that formed δ^l)
+        # is free: a narrow input accumulates the transposed ∂C/∂W^l there.
+        small = l < L - 1 and n_in <= SMALL_INPUT and n_in <= N and N * n_in * n_out < PARALLEL_MIN_WORK
         if l == 0:
-            _layers.weight_bias_grad_body(D, x, gW, gb)
+            if small:
+                _layers.weight_bias_grad_small_in(D, x, gW, gb, view2d(work, zo, n_in, n_out))
+            else:
+                _layers.weight_bias_grad_body(D, x, gW, gb)
         else:
             po = zo - N * n_in  # a^{l-1}
             P = view2d(work, po, N, n_in)
-            _layers.weight_bias_grad_body(D, P, gW, gb)
+            if small:
+                _layers.weight_bias_grad_small_in(D, P, gW, gb, view2d(work, zo, n_in, n_out))
+            else:
+                _layers.weight_bias_grad_body(D, P, gW, gb)
             # BP2: δ^{l-1} into the a^{l-1} buffer.
             W = view2d(params, wo, n_out, n_in)
             Zp = view2d(work, po - N * n_in, N, n_in)
