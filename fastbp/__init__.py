@@ -7,6 +7,7 @@ checked against.
 """
 
 from . import activations, config, layout, losses, reference
+from ._resources import ResourceError
 from .layout import n_params, split_params, workspace_size
 from .model import MLP
 
@@ -14,6 +15,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MLP",
+    "ResourceError",
     "__version__",
     "activations",
     "config",

@@ -10,7 +10,7 @@ from numba import njit
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _all_finite(a):
     for v in a.ravel():
         if not np.isfinite(v):
@@ -18,7 +18,7 @@ def _all_finite(a):
     return True
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _label_bounds(y):
     lo = y[0]
     hi = y[0]
@@ -30,7 +30,7 @@ def _label_bounds(y):
     return lo, hi
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _bounds(a):
     lo = a.flat[0]
     hi = a.flat[0]

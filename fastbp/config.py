@@ -33,6 +33,16 @@ SMALL_INPUT = 8
 #: Length of the parameter vector from which the optimizer update runs in parallel.
 PARALLEL_MIN_PARAMS = 1 << 13
 
+#: Largest workspace (bytes) that ``MLP.predict`` and ``MLP.evaluate`` allocate for one batch.
+#: A larger batch runs in chunks of whole 4-row blocks, so the result is bitwise the one of a
+#: single call, and memory stays bounded whatever N is.
+MAX_WORKSPACE_BYTES = 64 << 20
+
+#: Multiply-adds of forward work (batch rows x parameters) per call of the compiled training
+#: loop from ``MLP.fit``: an epoch runs in slices of whole minibatches of about this much work
+#: (some 0.1 s here), and a Ctrl-C is honoured between two slices, at a step boundary.
+INTERRUPT_WORK = 1 << 28
+
 #: Threading layers in order of preference.  OpenMP opens a parallel region in
 #: about 2 us on the reference machine, TBB in about 5 us and workqueue in
 #: 80-90 us; Numba would silently prefer TBB when it is installed.  A user's

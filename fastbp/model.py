@@ -4,20 +4,33 @@ The model owns one flat parameter vector θ (``params``); ``weights`` and
 ``biases`` are views into it.  Every public method validates its arguments
 completely before it touches θ or an output array, so a call that raises
 leaves the model as it was.
+
+Threads: ``predict``, ``loss_and_grad`` and ``evaluate`` may be called on one
+model from several threads at once.  Each thread has its own scratch space
+(workspaces, scratch gradient), the CPU kernels release the GIL, and
+:mod:`fastbp._threads` decides which calls run their parallel twins.  ``fit``
+holds the model's lock (two ``fit`` calls on one model run one after the
+other); a ``predict`` beside a running ``fit`` sees θ as it is at that moment.
+The cuda backend serialises the calls on one model (its device buffers are
+per model).
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import threading
 import zipfile
 from collections.abc import Sequence
 
 import numpy as np
 
 from . import activations as _A
+from . import config as _config
 from . import losses as _L
 from . import reference as _ref
+from ._resources import ResourceError, check_fits
+from ._threads import GATE
 from ._validation import (
     _all_finite,
     _bounds,
@@ -182,10 +195,33 @@ class MLP:
         self._sizes_arr = np.array(self.sizes, dtype=np.int64)
         self._acts_arr = np.array([_A.CODES[a] for a in self.activations], dtype=np.int64)
         self._loss_code = _L.CODES[self.loss]
-        self._params = np.zeros(n_params(self.sizes), dtype=self.dtype) if params is None else params
+        if params is None:
+            P = n_params(self.sizes)
+            # θ, and the float64 draws of the largest layer's initialisation
+            largest = max(a * b for a, b in zip(self.sizes[:-1], self.sizes[1:], strict=True))
+            check_fits(f"sizes: the {P:,} parameters of a network {list(self.sizes)} in {self.dtype.name}",
+                       P * self.dtype.itemsize + 8 * largest)
+            params = np.zeros(P, dtype=self.dtype)
+        self._params = params
         self._weights, self._biases = split_params(self._params, self.sizes)
-        self._workspaces: dict[int, np.ndarray] = {}
         self._cuda_state = None
+        self._init_sync()
+
+    def _init_sync(self) -> None:
+        # Per-thread scratch (workspaces by batch size, a scratch gradient) and the model's lock.
+        self._local = threading.local()
+        self._lock = threading.RLock()
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        for key in ("_local", "_lock", "_cuda_state"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._cuda_state = None
+        self._init_sync()
 
     @property
     def _cuda(self):
@@ -242,12 +278,19 @@ class MLP:
     # -- input checks -------------------------------------------------------------------------
 
     def _workspace(self, n: int) -> np.ndarray:
-        w = self._workspaces.get(n)
+        """This thread's workspace for a batch of ``n`` (a few batch sizes are kept per thread)."""
+        cache = getattr(self._local, "workspaces", None)
+        if cache is None:
+            cache = self._local.workspaces = {}
+        w = cache.get(n)
         if w is None:
-            if len(self._workspaces) >= _MAX_CACHED_WORKSPACES:
-                self._workspaces.pop(next(iter(self._workspaces)))
-            w = np.empty(workspace_size(self.sizes, n), dtype=self.dtype)
-            self._workspaces[n] = w
+            size = workspace_size(self.sizes, n)
+            check_fits(f"x: the workspace of a batch of {n:,} samples ({size:,} {self.dtype.name} elements)",
+                       size * self.dtype.itemsize)
+            if len(cache) >= _MAX_CACHED_WORKSPACES:
+                cache.pop(next(iter(cache)))
+            w = np.empty(size, dtype=self.dtype)
+            cache[n] = w
         return w
 
     def _check_x(self, x, name: str = "x") -> tuple[np.ndarray, bool]:
@@ -323,14 +366,15 @@ class MLP:
         ndarray of shape (N, nL), or (nL,) for a 1-D x, in the model's dtype.
         """
         if self.backend == "cuda":
-            st = self._cuda
-            xd, single, on_device = st.check_x(x)
-            st.upload_params()
-            out = st.forward(xd)
-            if on_device:
-                return out
-            out = out.copy_to_host()
-            return out[0] if single else out
+            with self._lock:
+                st = self._cuda
+                xd, single, on_device = st.check_x(x)
+                st.upload_params()
+                out = st.forward(xd)
+                if on_device:
+                    return out
+                out = out.copy_to_host()
+                return out[0] if single else out
         xa, single = self._check_x(x)
         out = self._forward_checked(xa)
         return out[0] if single else out
@@ -341,11 +385,21 @@ class MLP:
         if self.backend == "cuda":
             from numba import cuda
 
-            self._cuda.upload_params()
-            return self._cuda.forward(cuda.to_device(xa)).copy_to_host()
-        out = np.empty((xa.shape[0], self.sizes[-1]), dtype=self.dtype)
-        _cpu().forward(self._params, self._sizes_arr, self._acts_arr, xa, out, self._workspace(xa.shape[0]))
+            with self._lock:
+                self._cuda.upload_params()
+                return self._cuda.forward(cuda.to_device(xa)).copy_to_host()
+        n = xa.shape[0]
+        out = np.empty((n, self.sizes[-1]), dtype=self.dtype)
+        step = self._chunk_rows()
+        for start in range(0, n, step):
+            self._cpu_forward(xa[start : start + step], out[start : start + step])
         return out
+
+    def _chunk_rows(self) -> int:
+        """Rows of a batch whose workspace fits in ``config.MAX_WORKSPACE_BYTES`` (a multiple of 4,
+        the row block of the forward product, so chunking leaves every result bitwise the same)."""
+        per_row = workspace_size(self.sizes, 1) * self.dtype.itemsize
+        return max(4, _config.MAX_WORKSPACE_BYTES // per_row // 4 * 4)
 
     def _loss_checked(self, xa: np.ndarray, ya: np.ndarray) -> tuple[float, np.ndarray]:
         """(C, a^L) of checked host arrays in one pass (the gradient is computed and dropped)."""
@@ -355,45 +409,73 @@ class MLP:
         if self.backend == "cuda":
             from numba import cuda
 
-            st = self._cuda
-            st.upload_params()
-            xd = cuda.to_device(xa)
-            yd = cuda.to_device(ya.reshape(-1, 1) if ya.ndim == 1 else ya)
-            c, _ = st.evaluate(xd, yd, 1 if ya.ndim == 1 else 0)
-            return c, st.forward(xd).copy_to_host()
-        from .cpu import loss_and_grad
-        from .layout import workspace_size
-
+            with self._lock:
+                st = self._cuda
+                st.upload_params()
+                xd = cuda.to_device(xa)
+                yd = cuda.to_device(ya.reshape(-1, 1) if ya.ndim == 1 else ya)
+                c, _ = st.evaluate(xd, yd, 1 if ya.ndim == 1 else 0)
+                return c, st.forward(xd).copy_to_host()
         n, nL = xa.shape[0], self.sizes[-1]
-        g = self._scratch_grad()
-        work = self._workspace(n)
-        c = float(loss_and_grad(self._params, self._sizes_arr, self._acts_arr, self._loss_code, xa, ya, g, work))
-        # a^L is the last block of the workspace and survives the backward pass.
-        end = workspace_size(self.sizes, n)
-        return c, work[end - n * nL : end].reshape(n, nL).copy()
+        step = self._chunk_rows()
+        if n <= step:
+            c, work = self._cpu_loss_and_grad(self._params, xa, ya, self._scratch_grad())
+            # a^L is the last block of the workspace and survives the backward pass.
+            end = workspace_size(self.sizes, n)
+            return c, work[end - n * nL : end].reshape(n, nL).copy()
+        # A large set in chunks: C is the mean of the chunk means weighted by their rows.
+        out = np.empty((n, nL), dtype=self.dtype)
+        total = 0.0
+        for start in range(0, n, step):
+            c, part = self._loss_checked(xa[start : start + step], ya[start : start + step])
+            total += c * part.shape[0]
+            out[start : start + step] = part
+        return total / n, out
 
     def _scratch_grad(self) -> np.ndarray:
-        g = getattr(self, "_scratch_grad_buf", None)
+        """This thread's scratch gradient (for calls that compute and drop one)."""
+        g = getattr(self._local, "grad", None)
         if g is None or g.shape != self._params.shape:
-            g = self._scratch_grad_buf = np.empty_like(self._params)
+            g = self._local.grad = np.empty_like(self._params)
         return g
+
+    def _cpu_forward(self, xa: np.ndarray, out: np.ndarray) -> None:
+        """a^L of checked x into ``out`` with this thread's workspace (parallel twin only when alone)."""
+        net = _cpu().network
+        alone = GATE.enter()
+        try:
+            par = alone and net.parallel_pays(xa.shape[0], self._params.shape[0], True)
+            kernel = net._forward_parallel if par else net._forward_serial
+            kernel(self._params, self._sizes_arr, self._acts_arr, xa, out, self._workspace(xa.shape[0]))
+        finally:
+            GATE.leave()
+
+    def _cpu_loss_and_grad(self, theta, xa, ya, grad, sw=None) -> tuple[float, np.ndarray]:
+        """(C, this thread's workspace) at θ = ``theta`` of checked arrays; ∂C/∂θ into ``grad``."""
+        net = _cpu().network
+        work = self._workspace(xa.shape[0])
+        alone = GATE.enter()
+        try:
+            par = alone and net.parallel_pays(xa.shape[0], theta.shape[0])
+            kernel = net._loss_and_grad_parallel if par else net._loss_and_grad_serial
+            c = kernel(theta, self._sizes_arr, self._acts_arr, self._loss_code, xa, ya, grad, work, sw)
+        finally:
+            GATE.leave()
+        return float(c), work
 
     def _loss_and_grad_at(self, theta: np.ndarray, xa, ya, sw, grad: np.ndarray) -> float:
         """C and ∂C/∂θ at a trial θ (host arrays, already checked); used by L-BFGS."""
         if self.backend == "cuda":
             from numba import cuda
 
-            st = self._cuda
+            st = self._cuda  # the caller (fit) holds the model's lock
             st.params.copy_to_device(theta)
             swd, scale = (None, 0.0) if sw is None else (cuda.to_device(sw), 1.0 / float(np.sum(sw, dtype=np.float64)))
             yd = cuda.to_device(ya.reshape(-1, 1) if ya.ndim == 1 else ya)
             s = st.loss_grad(cuda.to_device(xa), yd, 1 if ya.ndim == 1 else 0, swd, scale).copy_to_host()
             st.grad.copy_to_host(grad)
             return float(s[0])
-        from .cpu import loss_and_grad
-
-        work = self._workspace(xa.shape[0])
-        return float(loss_and_grad(theta, self._sizes_arr, self._acts_arr, self._loss_code, xa, ya, grad, work, sw))
+        return self._cpu_loss_and_grad(theta, xa, ya, grad, sw)[0]
 
     def loss_and_grad(self, x, y, out: np.ndarray | None = None, sample_weight=None) -> tuple[float, np.ndarray]:
         """Mean loss C over a minibatch and its gradient ∂C/∂θ.
@@ -419,7 +501,8 @@ class MLP:
             ∂C/∂θ laid out like ``params`` (``out`` when given).
         """
         if self.backend == "cuda":
-            return self._loss_and_grad_cuda(x, y, out, sample_weight)
+            with self._lock:
+                return self._loss_and_grad_cuda(x, y, out, sample_weight)
         xa, _ = self._check_x(x)
         ya = self._check_y(y, xa.shape[0])
         sw = _check_sample_weight(sample_weight, xa.shape[0], self.dtype)
@@ -430,9 +513,7 @@ class MLP:
             )
             g[...] = ref
             return loss, g
-        work = self._workspace(xa.shape[0])
-        loss = _cpu().loss_and_grad(self._params, self._sizes_arr, self._acts_arr, self._loss_code, xa, ya, g, work, sw)
-        return float(loss), g
+        return self._cpu_loss_and_grad(self._params, xa, ya, g, sw)[0], g
 
     def _loss_and_grad_cuda(self, x, y, out, sample_weight):
         from .cuda.backend import as_device_array, is_device_array
@@ -473,13 +554,14 @@ class MLP:
         from .training import evaluate
 
         if self.backend == "cuda":
-            st = self._cuda
-            xd, _, _ = st.check_x(x)
-            yd, labels = st.check_y(y, xd.shape[0])
-            st.upload_params()
-            loss, acc = st.evaluate(xd, yd, labels)
             from .training import _is_classifier
 
+            with self._lock:
+                st = self._cuda
+                xd, _, _ = st.check_x(x)
+                yd, labels = st.check_y(y, xd.shape[0])
+                st.upload_params()
+                loss, acc = st.evaluate(xd, yd, labels)
             return {"loss": loss} if not _is_classifier(self) else {"loss": loss, "accuracy": acc}
         xa, _ = self._check_x(x)
         ya = self._check_y(y, xa.shape[0])
@@ -565,26 +647,27 @@ class MLP:
         """
         from .training import fit
 
-        return fit(
-            self,
-            x,
-            y,
-            epochs=epochs,
-            batch_size=batch_size,
-            optimizer=optimizer,
-            lr=lr,
-            shuffle=shuffle,
-            seed=seed,
-            validation_data=validation_data,
-            verbose=verbose,
-            sample_weight=sample_weight,
-            schedule=schedule,
-            patience=patience,
-            min_delta=min_delta,
-            restore_best=restore_best,
-            callback=callback,
-            clip_norm=clip_norm,
-        )
+        with self._lock:
+            return fit(
+                self,
+                x,
+                y,
+                epochs=epochs,
+                batch_size=batch_size,
+                optimizer=optimizer,
+                lr=lr,
+                shuffle=shuffle,
+                seed=seed,
+                validation_data=validation_data,
+                verbose=verbose,
+                sample_weight=sample_weight,
+                schedule=schedule,
+                patience=patience,
+                min_delta=min_delta,
+                restore_best=restore_best,
+                callback=callback,
+                clip_norm=clip_norm,
+            )
 
     def _optimizer_state(self, opt) -> tuple[np.ndarray, int]:
         """The optimizer state kept on the model (reset when the optimizer or its settings change)."""
@@ -645,44 +728,163 @@ class MLP:
         -------
         MLP
 
+        The file is untrusted input.  Its description (format, version, sizes, activations,
+        loss, dtype) and the shape and dtype of its parameters are checked against each other,
+        and the memory they need against what is available, before anything sized by the file
+        is allocated; every read is bounded by the sizes the description implies, and the
+        archive's checksums are verified.
+
         Raises
         ------
-        FileNotFoundError
-            If ``path`` does not exist.
+        FileNotFoundError, PermissionError, IsADirectoryError
+            If ``path`` cannot be opened.
         ValueError
-            If the file is not a fastbp model or its contents are inconsistent.
+            If the file is not a fastbp model file, is damaged (truncated, altered, entries
+            missing, swapped or added), or holds an invalid or inconsistent model; the message
+            names the path.
+        fastbp.ResourceError
+            If the model it describes would not fit in the available memory (a ``ValueError``
+            and a ``MemoryError``).
         """
         path = os.fspath(path)
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                data = {k: f[k] for k in f.files}
-        except FileNotFoundError:
-            raise
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-            raise ValueError(f"path: {path!r} is not a readable fastbp model file ({e})") from None
-        if not isinstance(data, dict) or str(data.get("format", "")) != _FILE_FORMAT:
-            raise ValueError(f"path: {path!r} is not a fastbp model file")
-        if int(data.get("version", -1)) != _FILE_VERSION:
-            raise ValueError(f"path: {path!r} has unsupported format version {data.get('version')}")
-        try:
-            sizes = [int(v) for v in data["sizes"]]
-            activations = [str(v) for v in data["activations"]]
-            loss = str(data["loss"])
-            dtype = str(data["dtype"])
-            init = str(data.get("init", "xavier"))
-            params = data["params"]
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"path: {path!r} is a damaged fastbp model file ({e})") from None
-        try:
-            net = cls(sizes, activations, loss, dtype=dtype, init=init if init in INITS else "xavier", backend=backend)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"path: {path!r} holds an invalid model description ({e})") from None
-        if params.dtype != net.dtype or params.shape != net._params.shape:
-            raise ValueError(
-                f"path: {path!r} holds params of dtype {params.dtype} and shape {params.shape}; "
-                f"expected {net.dtype} and {net._params.shape}"
-            )
-        if not _all_finite(params):
-            raise ValueError(f"path: {path!r} holds non-finite parameters")
-        net._params[...] = params
+        backend = cls._check_backend(backend)
+        with open(path, "rb") as fh:  # a missing or unreadable file raises its OSError as it is
+            try:
+                desc, params = _read_model_file(fh)
+            except _FileError as e:
+                raise ValueError(f"path: {path!r} {e}") from None
+            except ResourceError as e:
+                raise ResourceError(f"path: {path!r} holds a model too large for this machine ({e})") from None
+            except Exception as e:  # noqa: BLE001 - any other failure to parse is a damaged file
+                why = f"{type(e).__name__}: {e}"
+                raise ValueError(f"path: {path!r} is not a readable fastbp model file ({why})") from None
+        net = cls.__new__(cls)
+        net.sizes, net.activations, net.loss, net.dtype, net.init = desc
+        net.backend = backend
+        net._setup(params)
         return net
+
+
+# -- the model file ---------------------------------------------------------------------------------
+
+#: Entries of a model file: name -> (expected kind of dtype, number of dimensions).
+_ENTRIES = {
+    "format": ("U", 0),
+    "version": ("iu", 0),
+    "sizes": ("iu", 1),
+    "activations": ("U", 1),
+    "loss": ("U", 0),
+    "dtype": ("U", 0),
+    "init": ("U", 0),
+    "params": ("f", 1),
+}
+_OPTIONAL = {"init"}
+_MAX_LAYERS = 10_000
+_MAX_SMALL_ENTRY = 1 << 20
+
+
+class _FileError(Exception):
+    """A model file that is damaged or not a model file (the message completes 'path: ... ')."""
+
+
+def _entry_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo):
+    """(shape, dtype, header length) of one .npy entry, from its header alone."""
+    with zf.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise _FileError(f"has an entry {info.filename!r} of unsupported .npy version {version}")
+        return shape, dtype, f.tell(), fortran
+
+
+def _read_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, shape, dtype, header_len: int) -> np.ndarray:
+    """The array of one entry, reading exactly the bytes its checked header implies (checksum verified)."""
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    nbytes = count * dtype.itemsize
+    if info.file_size != header_len + nbytes:
+        raise _FileError(
+            f"is damaged: entry {info.filename!r} has {info.file_size} bytes, its header implies {header_len + nbytes}"
+        )
+    out = np.empty(count, dtype=dtype)
+    view = memoryview(out).cast("B")
+    with zf.open(info) as f:
+        f.read(header_len)
+        pos = 0
+        while pos < nbytes:
+            chunk = f.read(min(nbytes - pos, 1 << 24))
+            if not chunk:
+                raise _FileError(f"is damaged: entry {info.filename!r} ends early")
+            view[pos : pos + len(chunk)] = chunk
+            pos += len(chunk)
+        if f.read(1):  # also makes zipfile check the CRC-32 of the whole entry
+            raise _FileError(f"is damaged: entry {info.filename!r} is longer than its header implies")
+    return out.reshape(shape)
+
+
+def _read_model_file(fh):
+    """((sizes, activations, loss, dtype, init), params) of an open model file; checks everything first."""
+    try:
+        zf = zipfile.ZipFile(fh)
+    except zipfile.BadZipFile:
+        raise _FileError("is not a readable fastbp model file (truncated, damaged, or not a .npz archive)") from None
+    with zf:
+        infos = {}
+        for info in zf.infolist():
+            name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            if name not in _ENTRIES or name in infos:
+                raise _FileError(f"is not a fastbp model file (unexpected entry {info.filename!r})")
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise _FileError(f"has an entry {info.filename!r} in an unsupported compression")
+            infos[name] = info
+        missing = [k for k in _ENTRIES if k not in infos and k not in _OPTIONAL]
+        if missing:
+            raise _FileError(f"is a damaged fastbp model file (missing entries: {', '.join(missing)})")
+        headers = {}
+        for name, info in infos.items():
+            shape, dtype, header_len, fortran = _entry_header(zf, info)
+            kinds, ndim = _ENTRIES[name]
+            if dtype.kind not in kinds or len(shape) != ndim or dtype.hasobject:
+                raise _FileError(f"is damaged: entry {name!r} has dtype {dtype} and shape {shape}")
+            if fortran and ndim > 1:
+                raise _FileError(f"is damaged: entry {name!r} is Fortran-ordered")
+            if name != "params" and info.file_size > _MAX_SMALL_ENTRY:
+                raise _FileError(f"is damaged: entry {name!r} is {info.file_size} bytes long")
+            headers[name] = (info, shape, dtype, header_len)
+
+        def small(name):
+            info, shape, dtype, header_len = headers[name]
+            return _read_entry(zf, info, shape, dtype, header_len)
+
+        if str(small("format")) != _FILE_FORMAT:
+            raise _FileError("is not a fastbp model file")
+        version = int(small("version"))
+        if version != _FILE_VERSION:
+            raise _FileError(f"has unsupported format version {version} (this fastbp reads {_FILE_VERSION})")
+        if not 2 <= headers["sizes"][1][0] <= _MAX_LAYERS + 1:
+            raise _FileError(f"holds an invalid model description (sizes of length {headers['sizes'][1][0]})")
+        try:
+            sizes = _check_sizes([int(v) for v in small("sizes")])
+            activations = _check_activations([str(v) for v in small("activations")], len(sizes) - 1)
+            loss = _check_loss(str(small("loss")), activations[-1])
+            dtype = check_dtype(str(small("dtype")))
+            init = str(small("init")) if "init" in headers else "xavier"
+            if init not in INITS:
+                raise ValueError(f"init: unknown initialisation {init!r}")
+        except (TypeError, ValueError) as e:
+            raise _FileError(f"holds an invalid model description ({e})") from None
+        info, shape, pdtype, header_len = headers["params"]
+        P = n_params(sizes)
+        if pdtype.newbyteorder("=") != dtype or shape != (P,):
+            raise _FileError(
+                f"holds params of dtype {pdtype} and shape {shape}; its description {list(sizes)} in "
+                f"{dtype.name} implies {dtype.name} and ({P},)"
+            )
+        check_fits(f"sizes: the {P:,} parameters of a network {list(sizes)} in {dtype.name}", P * dtype.itemsize)
+        params = _read_entry(zf, info, shape, pdtype, header_len)
+    params = params.astype(dtype, copy=False)  # native byte order
+    if not _all_finite(params):
+        raise _FileError("holds non-finite parameters")
+    return (sizes, activations, loss, dtype, init), params

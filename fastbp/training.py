@@ -1,14 +1,28 @@
-"""``MLP.fit``: argument checks, the epoch loop around the compiled minibatch loop, L-BFGS."""
+"""``MLP.fit``: argument checks, the epoch loop around the compiled minibatch loop, L-BFGS.
+
+Interruption: a ``KeyboardInterrupt`` (Ctrl-C, SIGINT) or an exception raised by a ``callback``
+leaves θ, the optimizer state and its step count at the end of the last completed minibatch
+step, and a later ``fit`` continues from there.  While ``fit`` runs in the main thread under
+Python's default SIGINT handler, SIGINT is deferred to the next step boundary: the compiled
+loop runs an epoch in slices of whole minibatches (about ``config.INTERRUPT_WORK``
+multiply-adds each), and the interrupt is raised between two slices.  L-BFGS leaves θ as it was
+before ``fit``.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import threading
 import time
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import config as _config
 from . import optim as _optim
+from ._threads import GATE
 from ._validation import _all_finite, as_array, check_int
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -39,6 +53,36 @@ def _check_validation(net: MLP, validation_data):
     xv, _ = net._check_x(validation_data[0], "validation_data[0]")
     yv = net._check_y(validation_data[1], xv.shape[0], "validation_data[1]")
     return xv, yv
+
+
+@contextlib.contextmanager
+def deferred_interrupt():
+    """Defer SIGINT within the block; yields ``check()``, which raises the deferred KeyboardInterrupt.
+
+    Only in the main thread and only over Python's default handler (a handler of the user's
+    own is left alone).  A SIGINT that comes after the last ``check()`` is raised on exit.
+    """
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield lambda: None
+        return
+    hits = []
+
+    def handler(signum, frame):
+        hits.append(signum)
+
+    def check():
+        if hits:
+            hits.clear()
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield check
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    check()
 
 
 def _is_classifier(net: MLP) -> bool:
@@ -161,8 +205,20 @@ def fit(
             classifier,
         )
 
-    from .cpu.train import DIVERGED, LOSS_SUM, N_CORRECT, N_COUNTED, N_SEEN, train_epoch
+    GATE.enter()
+    try:
+        return _fit_cpu(net, xa, ya, sw, val, opt, lrs, batch_size, shuffle, rng, clip, patience, min_delta,
+                        restore_best, callback, verbose, history, classifier)
+    finally:
+        GATE.leave()
 
+
+def _fit_cpu(net, xa, ya, sw, val, opt, lrs, batch_size, shuffle, rng, clip, patience, min_delta, restore_best,
+             callback, verbose, history, classifier) -> dict:
+    """The epoch loop of the cpu backend around the compiled minibatch loop (the caller holds a GATE slot)."""
+    from .cpu.train import DIVERGED, LOSS_SUM, N_CORRECT, N_COUNTED, N_SEEN, STEPS, train_epoch
+
+    epochs = len(lrs)
     n = xa.shape[0]
     B = min(batch_size, n)
     state, t = net._optimizer_state(opt)
@@ -177,49 +233,42 @@ def fit(
     swb = None if sw is None else np.empty(B, net.dtype)
     stopping = _EarlyStopping("val_loss" if val is not None else "loss", patience, min_delta)
     best_params = None
-    for epoch in range(epochs):
-        t0 = time.perf_counter()
-        perm = rng.permutation(n) if shuffle else np.arange(n)
-        hp[0] = lrs[epoch]
-        stats = np.zeros(6)
-        t = train_epoch(
-            net.params,
-            net._sizes_arr,
-            net._acts_arr,
-            net._loss_code,
-            xa,
-            ya,
-            perm,
-            B,
-            opt.code,
-            hp,
-            state,
-            t,
-            grad,
-            work,
-            xb,
-            yb,
-            stats,
-            sw,
-            swb,
-        )
-        net._opt_t = t
-        if stats[DIVERGED]:
-            raise FloatingPointError(
-                f"fit: the loss or gradient became non-finite in epoch {epoch}; params hold the last finite "
-                f"step. Lower lr (now {lrs[epoch]:g}) or set clip_norm."
-            )
-        accuracy = stats[N_CORRECT] / stats[N_COUNTED] if classifier else None
-        val_result = evaluate(net, *val) if val is not None else None
-        _record_epoch(history, epoch, epochs, lrs[epoch], stats[LOSS_SUM] / stats[N_SEEN], accuracy, val_result,
-                      time.perf_counter() - t0, verbose)
-        improved, stop = stopping.update(history)
-        if improved and patience is not None and restore_best:
-            best_params = net.params.copy()
-        if callback is not None and callback(epoch, {k: v[-1] for k, v in history.items()}, net):
-            stop = True
-        if stop:
-            break
+    # Minibatches per call of the compiled loop: the interrupt check runs between calls.
+    rows = B * max(1, _config.INTERRUPT_WORK // max(1, B * net.n_params))
+    with deferred_interrupt() as check_interrupt:
+        for epoch in range(epochs):
+            t0 = time.perf_counter()
+            perm = rng.permutation(n) if shuffle else np.arange(n)
+            hp[0] = lrs[epoch]
+            stats = np.zeros(6)
+            t_epoch = t
+            try:
+                for start in range(0, n, rows):
+                    train_epoch(net.params, net._sizes_arr, net._acts_arr, net._loss_code, xa, ya,
+                                perm[start : start + rows], B, opt.code, hp, state, t_epoch + int(stats[STEPS]),
+                                grad, work, xb, yb, stats, sw, swb, GATE.alone())
+                    if stats[DIVERGED]:
+                        break
+                    check_interrupt()
+            finally:
+                # The compiled loop counts the steps it completed: θ, the state and t agree.
+                t = net._opt_t = t_epoch + int(stats[STEPS])
+            if stats[DIVERGED]:
+                raise FloatingPointError(
+                    f"fit: the loss or gradient became non-finite in epoch {epoch}; params hold the last finite "
+                    f"step. Lower lr (now {lrs[epoch]:g}) or set clip_norm."
+                )
+            accuracy = stats[N_CORRECT] / stats[N_COUNTED] if classifier else None
+            val_result = evaluate(net, *val) if val is not None else None
+            _record_epoch(history, epoch, epochs, lrs[epoch], stats[LOSS_SUM] / stats[N_SEEN], accuracy, val_result,
+                          time.perf_counter() - t0, verbose)
+            improved, stop = stopping.update(history)
+            if improved and patience is not None and restore_best:
+                best_params = net.params.copy()
+            if callback is not None and callback(epoch, {k: v[-1] for k, v in history.items()}, net):
+                stop = True
+            if stop:
+                break
     if best_params is not None:
         net.params[...] = best_params
     return history

@@ -27,7 +27,7 @@ __all__ = [
     "weight_grad",
 ]
 
-_dispatch = njit(fastmath=FASTMATH)
+_dispatch = njit(nogil=True, fastmath=FASTMATH)
 
 linear_forward_serial, linear_forward_parallel = twins(_layers.linear_forward_body)
 backprop_delta_serial, backprop_delta_parallel = twins(_layers.backprop_delta_body)

@@ -124,12 +124,23 @@ _forward_serial, _forward_parallel = twins(_forward_impl)
 _loss_and_grad_serial, _loss_and_grad_parallel = twins(_loss_and_grad_impl)
 
 
-@njit(fastmath=FASTMATH)
-def _network_parallel_pays(params, x):
-    return x.shape[0] * params.shape[0] >= PARALLEL_MIN_WORK and get_num_threads() > 1
+def parallel_pays(n_samples, n_params, forward_only=False):
+    """Whether a whole-network call on ``n_samples`` rows should run its ``parallel=True`` twin.
+
+    The forward pass splits the batch into blocks of 4 rows (one block per thread), so it only
+    pays from 5 rows on; the training step also splits BP3 over output neurons.  Compiled for
+    the dispatchers below, and called from Python by the model, which runs the serial twin
+    whenever another compiled call is already in flight (threads would oversubscribe the cores).
+    """
+    if forward_only and n_samples <= 4:
+        return False
+    return n_samples * n_params >= PARALLEL_MIN_WORK and get_num_threads() > 1
 
 
-@njit(fastmath=FASTMATH)
+_parallel_pays = njit(nogil=True)(parallel_pays)
+
+
+@njit(nogil=True, fastmath=FASTMATH)
 def forward(params, sizes, acts, x, out, work):
     """Forward pass of the whole network: a^l = σ_l(W^l a^{l-1} + b^l), l = 1..L; out = a^L.
 
@@ -148,13 +159,13 @@ def forward(params, sizes, acts, x, out, work):
     work : 1-D float array
         Workspace of at least ``fastbp.layout.workspace_size(sizes, N)`` elements.
     """
-    if _network_parallel_pays(params, x):
+    if _parallel_pays(x.shape[0], params.shape[0], True):
         _forward_parallel(params, sizes, acts, x, out, work)
     else:
         _forward_serial(params, sizes, acts, x, out, work)
 
 
-@njit(fastmath=FASTMATH)
+@njit(nogil=True, fastmath=FASTMATH)
 def loss_and_grad(params, sizes, acts, loss, x, y, grad, work, sample_weight=None):
     """Loss C and its gradient ∂C/∂θ for one minibatch, by backpropagation.
 
@@ -186,6 +197,6 @@ def loss_and_grad(params, sizes, acts, loss, x, y, grad, work, sample_weight=Non
     float
         C, the (weighted) mean loss over the minibatch.
     """
-    if _network_parallel_pays(params, x):
+    if _parallel_pays(x.shape[0], params.shape[0]):
         return _loss_and_grad_parallel(params, sizes, acts, loss, x, y, grad, work, sample_weight)
     return _loss_and_grad_serial(params, sizes, acts, loss, x, y, grad, work, sample_weight)

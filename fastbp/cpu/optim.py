@@ -35,7 +35,7 @@ from ._twins import twins
 
 __all__ = ["adam_step", "clip_grad_norm", "grad_norm", "sgd_step"]
 
-_jit = njit(cache=True, fastmath=FASTMATH)
+_jit = njit(cache=True, nogil=True, fastmath=FASTMATH)
 
 
 @_jit
@@ -120,7 +120,7 @@ def _adam_body(params, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, decou
 _adam_serial, _adam_parallel = twins(_adam_body)
 
 
-@njit(fastmath=FASTMATH)
+@njit(nogil=True, fastmath=FASTMATH)
 def adam_step(params, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled):
     """One Adam (or AdamW, ``decoupled=True``) step, in place; see the module docstring.
 

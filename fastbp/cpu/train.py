@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import get_num_threads, njit
 
 from ..activations import SIGMOID, SOFTMAX
-from ..config import FASTMATH
+from ..config import FASTMATH, PARALLEL_MIN_PARAMS
 from ..layout import activation_offset
-from .network import loss_and_grad
-from .optim import adam_step, clip_grad_norm, sgd_step
+from .network import _loss_and_grad_parallel, _loss_and_grad_serial, _parallel_pays
+from .optim import _adam_parallel, _adam_serial, clip_grad_norm, sgd_step
 
 __all__ = ["train_epoch"]
 
@@ -17,7 +17,7 @@ __all__ = ["train_epoch"]
 LOSS_SUM, N_SEEN, N_CORRECT, N_COUNTED, DIVERGED, STEPS = range(6)
 
 
-@njit(fastmath=FASTMATH)
+@njit(nogil=True, fastmath=FASTMATH)
 def _count_correct(act, out, y):
     """(correct, counted) of a batch: argmax for softmax outputs, 0.5 threshold for sigmoid."""
     N, n = out.shape
@@ -50,9 +50,16 @@ def _count_correct(act, out, y):
     return correct, counted
 
 
-@njit(fastmath=FASTMATH)
+@njit(inline="always")
+def _loss_and_grad_twin(parallel, params, sizes, acts, loss, x, y, grad, work, sample_weight):
+    if parallel:
+        return _loss_and_grad_parallel(params, sizes, acts, loss, x, y, grad, work, sample_weight)
+    return _loss_and_grad_serial(params, sizes, acts, loss, x, y, grad, work, sample_weight)
+
+
+@njit(nogil=True, fastmath=FASTMATH)
 def train_epoch(params, sizes, acts, loss, x, y, perm, batch_size, opt, hp, state, t, grad, work, xb, yb, stats,
-                sample_weight=None, swb=None):
+                sample_weight=None, swb=None, parallel=True):
     """Run one epoch of minibatch training in place; returns the step count t after it.
 
     For each minibatch (the rows ``perm[i*B:(i+1)*B]``, the last one partial):
@@ -66,7 +73,8 @@ def train_epoch(params, sizes, acts, loss, x, y, perm, batch_size, opt, hp, stat
     params, sizes, acts, loss, x, y
         As for :func:`fastbp.cpu.loss_and_grad` (x, y: the whole training set).
     perm : 1-D int64 array
-        Order of the samples in this epoch.
+        Order of the samples in this epoch; a slice of it (cut at a multiple of
+        ``batch_size``) runs those minibatches only, so an epoch can run in several calls.
     batch_size : int
     opt : int
         0: SGD (:func:`fastbp.cpu.optim.sgd_step`), 1: Adam (:func:`fastbp.cpu.optim.adam_step`).
@@ -85,8 +93,11 @@ def train_epoch(params, sizes, acts, loss, x, y, perm, batch_size, opt, hp, stat
         Accumulates [loss sum, samples, correct, counted, diverged, steps].
     sample_weight, swb : 1-D float arrays, optional
         Per-sample weights of the training set and their batch buffer.
+    parallel : bool, default True
+        Allow the ``parallel=True`` twins where they pay (``False``: every step runs serial, as
+        ``MLP.fit`` does while other compiled calls are in flight in the process).
     """
-    N = x.shape[0]
+    N = perm.shape[0]
     P = params.shape[0]
     L = sizes.shape[0] - 1
     nL = sizes[L]
@@ -104,12 +115,13 @@ def train_epoch(params, sizes, acts, loss, x, y, perm, batch_size, opt, hp, stat
             else:
                 for j in range(nL):
                     yb[r, j] = y[src, j]
+        par = parallel and _parallel_pays(m, P)
         if sample_weight is None:
-            c = loss_and_grad(params, sizes, acts, loss, xb[:m], yb[:m], grad, work)
+            c = _loss_and_grad_twin(par, params, sizes, acts, loss, xb[:m], yb[:m], grad, work, None)
         else:
             for r in range(m):
                 swb[r] = sample_weight[perm[start + r]]
-            c = loss_and_grad(params, sizes, acts, loss, xb[:m], yb[:m], grad, work, swb[:m])
+            c = _loss_and_grad_twin(par, params, sizes, acts, loss, xb[:m], yb[:m], grad, work, swb[:m])
         norm = clip_grad_norm(grad, hp[6])
         if not (np.isfinite(c) and np.isfinite(norm)):
             stats[DIVERGED] = 1.0
@@ -120,8 +132,10 @@ def train_epoch(params, sizes, acts, loss, x, y, perm, batch_size, opt, hp, stat
         t += 1
         if opt == 0:
             sgd_step(params, grad, first, hp[0], hp[1], hp[5] != 0, hp[4])
+        elif parallel and P >= PARALLEL_MIN_PARAMS and get_num_threads() > 1:
+            _adam_parallel(params, grad, first, second, t, hp[0], hp[1], hp[2], hp[3], hp[4], hp[5] != 0)
         else:
-            adam_step(params, grad, first, second, t, hp[0], hp[1], hp[2], hp[3], hp[4], hp[5] != 0)
+            _adam_serial(params, grad, first, second, t, hp[0], hp[1], hp[2], hp[3], hp[4], hp[5] != 0)
         stats[LOSS_SUM] += c * m
         stats[N_SEEN] += m
         stats[N_CORRECT] += correct

@@ -236,7 +236,7 @@ def fit(
     """The device training loop of ``MLP.fit`` (arguments already checked)."""
     from numba import cuda
 
-    from ..training import _EarlyStopping, _record_epoch
+    from ..training import _EarlyStopping, _record_epoch, deferred_interrupt
 
     n = xd.shape[0]
     B = min(batch_size, n)
@@ -259,73 +259,91 @@ def fit(
     stopping = _EarlyStopping("val_loss" if val is not None else "loss", patience, min_delta)
     best_params = None
     saved = cuda.device_array_like(state.params)
-    for epoch in range(len(lrs)):
-        t0 = time.perf_counter()
-        saved.copy_to_device(state.params)
-        perm = rng.permutation(n) if shuffle else np.arange(n)
-        dperm = cuda.to_device(perm.astype(np.int64))
-        ek.gather_rows[grid_1d(xd.size), ELEMENT_THREADS](xd, dperm, xs)
-        ek.gather_rows[grid_1d(yd.size), ELEMENT_THREADS](yd, dperm, ys)
-        if sw is not None:
-            ek.gather_rows[grid_1d(n), ELEMENT_THREADS](sw.reshape(n, 1), dperm, sws.reshape(n, 1))
-        hp[0] = lrs[epoch]
-        state.zero(state.scratch)
-        t_start = t
-        for start in range(0, n, B):
-            m = min(B, n - start)
-            xb = xs[start : start + m]
-            yb = ys[start : start + m]
-            swb, scale = None, 0.0
-            if sw is not None:
-                swb = sws[start : start + m]
-                scale = 1.0 / float(np.sum(sw_host[perm[start : start + m]], dtype=np.float64))
-            _net.step_loss_and_grad(
-                state.params,
-                state.sizes,
-                state.acts,
-                net._loss_code,
-                xb,
-                yb,
-                state.grad,
-                work if m == B else work_tail,
-                state.scratch,
-                labels,
-                swb,
-                scale,
-                fused,
-            )
-            if clip > 0:
-                _clip(state, clip)
-            t += 1
-            _net.optimizer_step(opt.code, state.params, state.grad, first, second, t, hp, 1)
-        s = state.scratch.copy_to_host()
-        loss = s[3] / n
-        if not math.isfinite(loss):
-            state.params.copy_to_device(saved)
-            state.params.copy_to_host(net.params)
-            net._opt_t = t_start
-            raise FloatingPointError(
-                f"fit: the loss became non-finite in epoch {epoch}; params hold the values from the start "
-                f"of that epoch. Lower lr (now {lrs[epoch]:g}) or set clip_norm."
-            )
-        net._opt_t = t
-        accuracy = (s[1] / s[2] if s[2] else float("nan")) if classifier else None
-        val_result = state.evaluate(*val) if val is not None else None
-        cuda.synchronize()
-        _record_epoch(history, epoch, len(lrs), lrs[epoch], loss, accuracy, val_result, time.perf_counter() - t0,
-                      verbose)
-        improved, stop = stopping.update(history)
-        if improved and patience is not None and restore_best:
-            if best_params is None:
-                best_params = cuda.device_array_like(state.params)
-            best_params.copy_to_device(state.params)
-        if callback is not None:
-            state.params.copy_to_host(net.params)
-            if callback(epoch, {k: v[-1] for k, v in history.items()}, net):
-                stop = True
-            state.upload_params()  # the callback may have changed params
-        if stop:
-            break
+    saved_state = cuda.device_array_like(d_state)
+    synced = False
+    with deferred_interrupt() as check_interrupt:
+        try:
+            for epoch in range(len(lrs)):
+                t0 = time.perf_counter()
+                saved.copy_to_device(state.params)
+                saved_state.copy_to_device(d_state)
+                perm = rng.permutation(n) if shuffle else np.arange(n)
+                dperm = cuda.to_device(perm.astype(np.int64))
+                ek.gather_rows[grid_1d(xd.size), ELEMENT_THREADS](xd, dperm, xs)
+                ek.gather_rows[grid_1d(yd.size), ELEMENT_THREADS](yd, dperm, ys)
+                if sw is not None:
+                    ek.gather_rows[grid_1d(n), ELEMENT_THREADS](sw.reshape(n, 1), dperm, sws.reshape(n, 1))
+                hp[0] = lrs[epoch]
+                state.zero(state.scratch)
+                t_start = t
+                for start in range(0, n, B):
+                    m = min(B, n - start)
+                    xb = xs[start : start + m]
+                    yb = ys[start : start + m]
+                    swb, scale = None, 0.0
+                    if sw is not None:
+                        swb = sws[start : start + m]
+                        scale = 1.0 / float(np.sum(sw_host[perm[start : start + m]], dtype=np.float64))
+                    _net.step_loss_and_grad(
+                        state.params,
+                        state.sizes,
+                        state.acts,
+                        net._loss_code,
+                        xb,
+                        yb,
+                        state.grad,
+                        work if m == B else work_tail,
+                        state.scratch,
+                        labels,
+                        swb,
+                        scale,
+                        fused,
+                    )
+                    if clip > 0:
+                        _clip(state, clip)
+                    _net.optimizer_step(opt.code, state.params, state.grad, first, second, t + 1, hp, 1)
+                    t += 1
+                    check_interrupt()
+                s = state.scratch.copy_to_host()
+                loss = s[3] / n
+                if not math.isfinite(loss):
+                    state.params.copy_to_device(saved)
+                    d_state.copy_to_device(saved_state)
+                    state.params.copy_to_host(net.params)
+                    d_state.copy_to_host(host_state)
+                    t = net._opt_t = t_start
+                    synced = True
+                    raise FloatingPointError(
+                        f"fit: the loss became non-finite in epoch {epoch}; params hold the values from the start "
+                        f"of that epoch. Lower lr (now {lrs[epoch]:g}) or set clip_norm."
+                    )
+                net._opt_t = t
+                accuracy = (s[1] / s[2] if s[2] else float("nan")) if classifier else None
+                val_result = state.evaluate(*val) if val is not None else None
+                cuda.synchronize()
+                _record_epoch(history, epoch, len(lrs), lrs[epoch], loss, accuracy, val_result,
+                              time.perf_counter() - t0, verbose)
+                improved, stop = stopping.update(history)
+                if improved and patience is not None and restore_best:
+                    if best_params is None:
+                        best_params = cuda.device_array_like(state.params)
+                    best_params.copy_to_device(state.params)
+                if callback is not None:
+                    state.params.copy_to_host(net.params)
+                    if callback(epoch, {k: v[-1] for k, v in history.items()}, net):
+                        stop = True
+                    state.upload_params()  # the callback may have changed params
+                if stop:
+                    break
+        except BaseException:
+            # An interrupt (deferred to a step boundary) or a callback's exception: the host gets
+            # θ, the optimizer state and t of the last completed step.
+            if not synced:
+                cuda.synchronize()
+                state.params.copy_to_host(net.params)
+                d_state.copy_to_host(host_state)
+                net._opt_t = t
+            raise
     if best_params is not None:
         state.params.copy_to_device(best_params)
     state.params.copy_to_host(net.params)
