@@ -11,13 +11,32 @@ same time.  Two rules keep that correct and fast:
   a call runs its parallel twin only when it is the only compiled call in flight in the
   process; otherwise it runs the serial twin.  The two twins compute bitwise the same result
   (tested), so the answer does not depend on the scheduling.
+- **Worker threads need more work to go parallel.**  A parallel region opened from a thread
+  other than the main one costs 50-100 us more under OpenMP, so from such a thread the
+  cut-over is ``config.PARALLEL_MIN_WORK_THREAD`` instead of ``config.PARALLEL_MIN_WORK``.
 """
 
 from __future__ import annotations
 
 import threading
 
-__all__ = ["GATE", "Gate"]
+from . import config
+
+__all__ = ["GATE", "NEVER", "Gate", "min_parallel_work"]
+
+#: A ``min_work`` no call reaches: the serial twin.
+NEVER = 1 << 62
+
+_MAIN = threading.main_thread().ident
+
+
+def min_parallel_work(alone: bool) -> int:
+    """Work from which a call of the calling thread runs its parallel twin (``alone``: no other call in flight)."""
+    if not alone:
+        return NEVER
+    if threading.get_ident() == _MAIN:
+        return config.PARALLEL_MIN_WORK
+    return config.PARALLEL_MIN_WORK_THREAD
 
 
 class Gate:

@@ -23,6 +23,14 @@ FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
 #: microseconds to wake, so small calls stay serial.
 PARALLEL_MIN_WORK = 1 << 18
 
+#: The same cut-over for calls from any thread but the main one.  Under the OpenMP threading
+#: layer a parallel region opened from another thread costs some 50-100 us more (measured
+#: here: a medium-network training step at batch 32 took 0.38 ms serial, 0.21 ms parallel from
+#: the main thread and 0.53 ms parallel from a worker thread); parallel pays again from about
+#: 2^24 multiply-adds per call (bench/RESULTS.md, "Threads").  numbagg makes the same choice
+#: (numba #9288).
+PARALLEL_MIN_WORK_THREAD = 1 << 24
+
 #: Widest layer input (n_{l-1}) for which the training step computes the forward product and
 #: BP3 vectorised along the layer's outputs, from a transposed copy of W^l (kept in the gradient
 #: buffer until BP3 overwrites it) and a transposed ∂C/∂W^l (accumulated in the free z^l

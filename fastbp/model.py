@@ -30,7 +30,7 @@ from . import config as _config
 from . import losses as _L
 from . import reference as _ref
 from ._resources import ResourceError, check_fits
-from ._threads import GATE
+from ._threads import GATE, min_parallel_work
 from ._validation import (
     _all_finite,
     _bounds,
@@ -398,8 +398,12 @@ class MLP:
     def _chunk_rows(self) -> int:
         """Rows of a batch whose workspace fits in ``config.MAX_WORKSPACE_BYTES`` (a multiple of 4,
         the row block of the forward product, so chunking leaves every result bitwise the same)."""
-        per_row = workspace_size(self.sizes, 1) * self.dtype.itemsize
-        return max(4, _config.MAX_WORKSPACE_BYTES // per_row // 4 * 4)
+        limit = _config.MAX_WORKSPACE_BYTES
+        cached = getattr(self, "_chunk_cache", None)
+        if cached is None or cached[0] != limit:
+            per_row = workspace_size(self.sizes, 1) * self.dtype.itemsize
+            cached = self._chunk_cache = (limit, max(4, limit // per_row // 4 * 4))
+        return cached[1]
 
     def _loss_checked(self, xa: np.ndarray, ya: np.ndarray) -> tuple[float, np.ndarray]:
         """(C, a^L) of checked host arrays in one pass (the gradient is computed and dropped)."""
@@ -444,7 +448,7 @@ class MLP:
         net = _cpu().network
         alone = GATE.enter()
         try:
-            par = alone and net.parallel_pays(xa.shape[0], self._params.shape[0], True)
+            par = net.parallel_pays(xa.shape[0], self._params.shape[0], True, min_parallel_work(alone))
             kernel = net._forward_parallel if par else net._forward_serial
             kernel(self._params, self._sizes_arr, self._acts_arr, xa, out, self._workspace(xa.shape[0]))
         finally:
@@ -456,7 +460,7 @@ class MLP:
         work = self._workspace(xa.shape[0])
         alone = GATE.enter()
         try:
-            par = alone and net.parallel_pays(xa.shape[0], theta.shape[0])
+            par = net.parallel_pays(xa.shape[0], theta.shape[0], False, min_parallel_work(alone))
             kernel = net._loss_and_grad_parallel if par else net._loss_and_grad_serial
             c = kernel(theta, self._sizes_arr, self._acts_arr, self._loss_code, xa, ya, grad, work, sw)
         finally:

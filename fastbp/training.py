@@ -22,7 +22,7 @@ import numpy as np
 
 from . import config as _config
 from . import optim as _optim
-from ._threads import GATE
+from ._threads import GATE, min_parallel_work
 from ._validation import _all_finite, as_array, check_int
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -246,7 +246,7 @@ def _fit_cpu(net, xa, ya, sw, val, opt, lrs, batch_size, shuffle, rng, clip, pat
                 for start in range(0, n, rows):
                     train_epoch(net.params, net._sizes_arr, net._acts_arr, net._loss_code, xa, ya,
                                 perm[start : start + rows], B, opt.code, hp, state, t_epoch + int(stats[STEPS]),
-                                grad, work, xb, yb, stats, sw, swb, GATE.alone())
+                                grad, work, xb, yb, stats, sw, swb, min_parallel_work(GATE.alone()))
                     if stats[DIVERGED]:
                         break
                     check_interrupt()

@@ -188,3 +188,16 @@ def test_model_pickles_and_copies_after_use():
         np.testing.assert_array_equal(clone.predict(x), p)
         clone.params[0] += 1.0
         assert net.params[0] != clone.params[0]
+
+
+def test_worker_threads_need_more_work_to_go_parallel():
+    from fastbp._threads import NEVER, min_parallel_work
+
+    assert min_parallel_work(True) == config.PARALLEL_MIN_WORK  # pytest runs tests in the main thread
+    assert min_parallel_work(False) == NEVER
+    seen = []
+    t = threading.Thread(target=lambda: seen.append((min_parallel_work(True), min_parallel_work(False))))
+    t.start()
+    t.join()
+    assert seen == [(config.PARALLEL_MIN_WORK_THREAD, NEVER)]
+    assert config.PARALLEL_MIN_WORK_THREAD > config.PARALLEL_MIN_WORK

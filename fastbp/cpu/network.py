@@ -124,17 +124,18 @@ _forward_serial, _forward_parallel = twins(_forward_impl)
 _loss_and_grad_serial, _loss_and_grad_parallel = twins(_loss_and_grad_impl)
 
 
-def parallel_pays(n_samples, n_params, forward_only=False):
+def parallel_pays(n_samples, n_params, forward_only=False, min_work=PARALLEL_MIN_WORK):
     """Whether a whole-network call on ``n_samples`` rows should run its ``parallel=True`` twin.
 
-    The forward pass splits the batch into blocks of 4 rows (one block per thread), so it only
-    pays from 5 rows on; the training step also splits BP3 over output neurons.  Compiled for
-    the dispatchers below, and called from Python by the model, which runs the serial twin
-    whenever another compiled call is already in flight (threads would oversubscribe the cores).
+    It pays from ``min_work`` multiply-adds of forward work (N times the parameter count;
+    ``config.PARALLEL_MIN_WORK`` from the main thread).  The forward pass splits the batch
+    into blocks of 4 rows (one block per thread), so it only pays from 5 rows on; the training
+    step also splits BP3 over output neurons.  Compiled for the dispatchers below, and called
+    from Python by the model (:mod:`fastbp._threads` gives it ``min_work``).
     """
     if forward_only and n_samples <= 4:
         return False
-    return n_samples * n_params >= PARALLEL_MIN_WORK and get_num_threads() > 1
+    return n_samples * n_params >= min_work and get_num_threads() > 1
 
 
 _parallel_pays = njit(nogil=True)(parallel_pays)

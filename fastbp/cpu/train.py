@@ -6,7 +6,7 @@ import numpy as np
 from numba import get_num_threads, njit
 
 from ..activations import SIGMOID, SOFTMAX
-from ..config import FASTMATH, PARALLEL_MIN_PARAMS
+from ..config import FASTMATH, PARALLEL_MIN_PARAMS, PARALLEL_MIN_WORK
 from ..layout import activation_offset
 from .network import _loss_and_grad_parallel, _loss_and_grad_serial, _parallel_pays
 from .optim import _adam_parallel, _adam_serial, clip_grad_norm, sgd_step
@@ -59,7 +59,7 @@ def _loss_and_grad_twin(parallel, params, sizes, acts, loss, x, y, grad, work, s
 
 @njit(nogil=True, fastmath=FASTMATH)
 def train_epoch(params, sizes, acts, loss, x, y, perm, batch_size, opt, hp, state, t, grad, work, xb, yb, stats,
-                sample_weight=None, swb=None, parallel=True):
+                sample_weight=None, swb=None, min_parallel_work=PARALLEL_MIN_WORK):
     """Run one epoch of minibatch training in place; returns the step count t after it.
 
     For each minibatch (the rows ``perm[i*B:(i+1)*B]``, the last one partial):
@@ -93,9 +93,11 @@ def train_epoch(params, sizes, acts, loss, x, y, perm, batch_size, opt, hp, stat
         Accumulates [loss sum, samples, correct, counted, diverged, steps].
     sample_weight, swb : 1-D float arrays, optional
         Per-sample weights of the training set and their batch buffer.
-    parallel : bool, default True
-        Allow the ``parallel=True`` twins where they pay (``False``: every step runs serial, as
-        ``MLP.fit`` does while other compiled calls are in flight in the process).
+    min_parallel_work : int, default ``config.PARALLEL_MIN_WORK``
+        A step runs the ``parallel=True`` twin of the training step from this many multiply-adds
+        of forward work (rows times parameters) on, and the parallel Adam update only at the
+        default.  ``MLP.fit`` passes a higher figure from a worker thread and an unreachable one
+        while other compiled calls are in flight (:mod:`fastbp._threads`).
     """
     N = perm.shape[0]
     P = params.shape[0]
@@ -115,7 +117,7 @@ def train_epoch(params, sizes, acts, loss, x, y, perm, batch_size, opt, hp, stat
             else:
                 for j in range(nL):
                     yb[r, j] = y[src, j]
-        par = parallel and _parallel_pays(m, P)
+        par = _parallel_pays(m, P, False, min_parallel_work)
         if sample_weight is None:
             c = _loss_and_grad_twin(par, params, sizes, acts, loss, xb[:m], yb[:m], grad, work, None)
         else:
@@ -132,7 +134,7 @@ def train_epoch(params, sizes, acts, loss, x, y, perm, batch_size, opt, hp, stat
         t += 1
         if opt == 0:
             sgd_step(params, grad, first, hp[0], hp[1], hp[5] != 0, hp[4])
-        elif parallel and P >= PARALLEL_MIN_PARAMS and get_num_threads() > 1:
+        elif min_parallel_work <= PARALLEL_MIN_WORK and P >= PARALLEL_MIN_PARAMS and get_num_threads() > 1:
             _adam_parallel(params, grad, first, second, t, hp[0], hp[1], hp[2], hp[3], hp[4], hp[5] != 0)
         else:
             _adam_serial(params, grad, first, second, t, hp[0], hp[1], hp[2], hp[3], hp[4], hp[5] != 0)
