@@ -6,10 +6,14 @@ from your own ``@njit`` code), ``fastbp.cuda`` their ``@cuda.jit`` counterparts
 checked against.
 """
 
-from . import activations, config, layout, losses, reference
-from ._resources import ResourceError
-from .layout import n_params, split_params, workspace_size
-from .model import MLP
+from . import _cache
+
+_cache.register()  # before any kernel is decorated: every fastbp kernel is cached by package hash
+
+from . import activations, config, layout, losses, reference  # noqa: E402
+from ._resources import ResourceError  # noqa: E402
+from .layout import n_params, split_params, workspace_size  # noqa: E402
+from .model import MLP  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -1,23 +1,40 @@
 """Serial and parallel twins of a kernel, compiled from one Python body.
 
-The serial twin is cached on disk (``cache=True``); the parallel twin is not,
-because cached ``parallel=True`` code has crashed when the thread count
-changes (pynndescent PR #175).
+Both twins are cached on disk (``cache=True``) and release the GIL (``nogil=True``): concurrent
+calls from several Python threads run at the same time, each in its own workspace.
 
-Both release the GIL (``nogil=True``): concurrent calls from several Python
-threads run at the same time, each in its own workspace.
+The parallel twin is compiled from a *copy* of the Python function under another name
+(``<name>_parallel``).  Numba's cache index is keyed by the function's name, signature and
+bytecode, not by its compile flags: compiled from the same function, the serial twin would
+load the parallel twin's machine code from disk (and the other way round), and a "serial"
+call would open parallel regions.  The copy gets cache files of its own.
+
+Caching parallel code is safe across thread counts, threading layers and concurrent processes
+(``tests/test_cache.py`` runs each case in fresh processes and checks the answers).
 """
 
 from __future__ import annotations
+
+import types
 
 from numba import njit
 
 from ..config import FASTMATH
 
 
+def _renamed(py, suffix: str):
+    """A copy of the function ``py`` named ``<name><suffix>`` (same code, globals and defaults)."""
+    f = types.FunctionType(py.__code__, py.__globals__, py.__name__ + suffix, py.__defaults__, py.__closure__)
+    f.__qualname__ = py.__qualname__ + suffix
+    f.__module__ = py.__module__
+    f.__doc__ = py.__doc__
+    f.__kwdefaults__ = py.__kwdefaults__
+    return f
+
+
 def twins(body):
     """Return (serial, parallel) dispatchers compiled from ``body``'s Python function."""
     py = getattr(body, "py_func", body)
     serial = njit(cache=True, nogil=True, fastmath=FASTMATH)(py)
-    parallel = njit(parallel=True, nogil=True, fastmath=FASTMATH)(py)
+    parallel = njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)(_renamed(py, "_parallel"))
     return serial, parallel

@@ -42,22 +42,17 @@ def _forward_body(params, sizes, acts, x, work, train, derive_out=False, grad=No
         # Training keeps σ'(z) instead of z for hidden layers (BP2 needs nothing else), and
         # for the output layer when BP1 needs nothing else (mse, elementwise activation).
         derive = train and (l < L - 1 or derive_out)
+        # a^{l-1}: x, or the previous layer's activations.  One call site per layer body: each
+        # inlined body is compiled once per twin (two call sites compiled it twice).
+        P = x if l == 0 else view2d(work, zo - N * n_in, N, n_in)
         if grad is not None and n_in <= SMALL_INPUT and N * n_in * n_out < PARALLEL_MIN_WORK:
             # W^T into the gradient's slot of W^l, which BP3 overwrites later.
             WT = view2d(grad, wo, n_in, n_out)
             for j in range(n_out):
                 for k in range(n_in):
                     WT[k, j] = W[j, k]
-            if l == 0:
-                _layers.linear_forward_small_in(WT, b, x, acts[l], Z, A, derive)
-            else:
-                P = view2d(work, zo - N * n_in, N, n_in)
-                _layers.linear_forward_small_in(WT, b, P, acts[l], Z, A, derive)
-        elif l == 0:
-            _layers.linear_forward_body(W, b, x, acts[l], Z, A, derive)
+            _layers.linear_forward_small_in(WT, b, P, acts[l], Z, A, derive)
         else:
-            po = zo - N * n_in
-            P = view2d(work, po, N, n_in)
             _layers.linear_forward_body(W, b, P, acts[l], Z, A, derive)
 
 
@@ -101,18 +96,13 @@ def _loss_and_grad_impl(params, sizes, acts, loss, x, y, grad, work, sample_weig
         # BP3 + BP4.  A hidden layer's z^l buffer (σ'(z^l), used up by the BP2 that formed δ^l)
         # is free: a narrow input accumulates the transposed ∂C/∂W^l there.
         small = l < L - 1 and n_in <= SMALL_INPUT and n_in <= N and N * n_in * n_out < PARALLEL_MIN_WORK
-        if l == 0:
-            if small:
-                _layers.weight_bias_grad_small_in(D, x, gW, gb, view2d(work, zo, n_in, n_out))
-            else:
-                _layers.weight_bias_grad_body(D, x, gW, gb)
+        po = zo - N * n_in  # a^{l-1} (l > 0)
+        P = x if l == 0 else view2d(work, po, N, n_in)
+        if small:
+            _layers.weight_bias_grad_small_in(D, P, gW, gb, view2d(work, zo, n_in, n_out))
         else:
-            po = zo - N * n_in  # a^{l-1}
-            P = view2d(work, po, N, n_in)
-            if small:
-                _layers.weight_bias_grad_small_in(D, P, gW, gb, view2d(work, zo, n_in, n_out))
-            else:
-                _layers.weight_bias_grad_body(D, P, gW, gb)
+            _layers.weight_bias_grad_body(D, P, gW, gb)
+        if l > 0:
             # BP2: δ^{l-1} into the a^{l-1} buffer.
             W = view2d(params, wo, n_out, n_in)
             Zp = view2d(work, po - N * n_in, N, n_in)

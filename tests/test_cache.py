@@ -1,0 +1,144 @@
+"""The on-disk kernel cache: never stale, safe for parallel code, and where users expect it.
+
+Every case runs in fresh processes (a cache is only read by a new process).  The children use a
+copy of the package where the test edits files or makes the in-tree cache unwritable, and
+report the answer and whether the kernel was loaded or compiled (``dispatcher.stats``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+import fastbp
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fastbp.__file__)))
+
+CHILD = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import fastbp
+    from fastbp import _cache
+    from fastbp.cpu import network
+
+    twin = network._forward_parallel if sys.argv[1] == "parallel" else network._forward_serial
+    sizes = np.array([3, 65, 2], dtype=np.int64)
+    acts = np.array([0, 0], dtype=np.int64)  # identity, identity
+    P = fastbp.n_params(sizes)
+    params = np.linspace(-1.0, 1.0, P)
+    n = 4099  # N * P > PARALLEL_MIN_WORK, an odd number of rows
+    x = np.linspace(-2.0, 2.0, n * 3).reshape(n, 3)
+    out = np.empty((n, 2))
+    twin(params, sizes, acts, x, out, np.empty(fastbp.workspace_size(sizes, n)))
+    print(json.dumps({
+        "out": [float(out[0, 0]), float(out.sum())],
+        "hits": sum(twin.stats.cache_hits.values()),
+        "misses": sum(twin.stats.cache_misses.values()),
+        "cache_dir": _cache.cache_dir(),
+        "layer": __import__("numba").threading_layer() if sys.argv[1] == "parallel" else None,
+    }))
+    """
+)
+
+
+def _run(pkg_root, twin="serial", **env_changes):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_")}
+    env["PYTHONPATH"] = pkg_root
+    env.update({k: v for k, v in env_changes.items() if v is not None})
+    out = subprocess.run([sys.executable, "-c", CHILD, twin], capture_output=True, text=True, env=env, timeout=600,
+                         cwd=pkg_root)  # python -c puts the working directory first on sys.path
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def pkg_copy(tmp_path):
+    """A copy of the fastbp package (sources only) under tmp_path/src."""
+    src = tmp_path / "src"
+    shutil.copytree(os.path.join(ROOT, "fastbp"), src / "fastbp", ignore=shutil.ignore_patterns("__pycache__"))
+    return src
+
+
+def test_editing_an_inlined_callee_in_another_file_invalidates_the_cache(pkg_copy, tmp_path):
+    cache = str(tmp_path / "cache")
+    first = _run(str(pkg_copy), NUMBA_CACHE_DIR=cache)
+    again = _run(str(pkg_copy), NUMBA_CACHE_DIR=cache)
+    assert first["misses"] == 1 and again["hits"] == 1 and again["misses"] == 0  # the cache is in use
+    assert again["out"] == first["out"]
+    assert again["cache_dir"].startswith(cache)
+
+    act = pkg_copy / "fastbp" / "activations.py"
+    text = act.read_text()
+    old = "    if code == IDENTITY:\n        for r in range(r0, r1):\n            for i in range(n):\n                a[r, i] = z[r, i]\n"
+    assert text.count(old) >= 1  # activate_rows (and the training twin's activate_and_derive_rows)
+    act.write_text(text.replace(old, old.replace("a[r, i] = z[r, i]", "a[r, i] = z[r, i] + 1")))
+    edited = _run(str(pkg_copy), NUMBA_CACHE_DIR=cache)
+    assert edited["misses"] == 1, f"the network kernel was loaded from a cache compiled with the old callee: {first} {edited}"
+    # identity twice: z^2 = W^2 (z^1 + 1) + b^2 + 1
+    assert edited["out"] != first["out"]
+    assert edited["cache_dir"] != first["cache_dir"]
+
+
+def test_read_only_install_caches_per_user_and_numba_cache_dir_wins(pkg_copy, tmp_path):
+    (pkg_copy / "fastbp" / "__pycache__").write_text("not a directory: the package dir is not writable")
+    xdg = tmp_path / "xdg"
+    first = _run(str(pkg_copy), XDG_CACHE_HOME=str(xdg))
+    again = _run(str(pkg_copy), XDG_CACHE_HOME=str(xdg))
+    assert first["cache_dir"].startswith(str(xdg / "fastbp"))
+    assert again["hits"] == 1 and again["out"] == first["out"]
+    user = _run(str(pkg_copy), XDG_CACHE_HOME=str(xdg), NUMBA_CACHE_DIR=str(tmp_path / "mine"))
+    assert user["cache_dir"].startswith(str(tmp_path / "mine")) and user["misses"] == 1
+
+
+def test_parallel_cache_loads_across_thread_counts_layers_and_concurrent_processes(tmp_path):
+    """Written with 2 threads, loaded with 1 thread and under another threading layer; written by
+    two processes at once.  Each either loads or recompiles, and answers the same."""
+    cache = str(tmp_path / "cache")
+    ref = _run(ROOT, "parallel", NUMBA_CACHE_DIR=cache, NUMBA_NUM_THREADS="2")
+    assert ref["misses"] == 1
+    one = _run(ROOT, "parallel", NUMBA_CACHE_DIR=cache, NUMBA_NUM_THREADS="1")
+    other = _run(ROOT, "parallel", NUMBA_CACHE_DIR=cache, NUMBA_THREADING_LAYER="workqueue")
+    assert other["layer"] == "workqueue"
+    for r in (one, other):
+        assert r["out"] == ref["out"]
+        assert r["hits"] + r["misses"] == 1
+    assert one["hits"] == 1 and other["hits"] == 1
+
+    fresh = str(tmp_path / "fresh")
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda _: _run(ROOT, "parallel", NUMBA_CACHE_DIR=fresh), range(3)))
+    for r in results:
+        assert r["out"] == ref["out"]
+    assert _run(ROOT, "parallel", NUMBA_CACHE_DIR=fresh)["hits"] == 1
+
+
+def test_serial_and_parallel_twins_have_separate_cache_entries():
+    """Numba's cache index has no compile flags in its key: twins compiled from one function
+    would load each other's machine code.  The parallel twin is a renamed copy."""
+    from fastbp.cpu import kernels, network, optim
+
+    for serial, parallel in (
+        (network._forward_serial, network._forward_parallel),
+        (network._loss_and_grad_serial, network._loss_and_grad_parallel),
+        (kernels.linear_forward_serial, kernels.linear_forward_parallel),
+        (optim._adam_serial, optim._adam_parallel),
+    ):
+        assert serial.py_func.__qualname__ + "_parallel" == parallel.py_func.__qualname__
+        assert serial._cache._cache_file._index_name != parallel._cache._cache_file._index_name
+        assert serial.targetoptions.get("parallel") is not True and parallel.targetoptions["parallel"] is True
+
+
+def test_the_cache_is_keyed_by_the_whole_package():
+    from fastbp import _cache
+
+    assert fastbp.cpu.network._forward_serial._cache._impl.locator.get_source_stamp() == _cache.package_hash()
+    assert np.all([c in "0123456789abcdef" for c in _cache.package_hash()])
