@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import threading
 
+import numba
+
 from . import config
 
 __all__ = ["GATE", "NEVER", "Gate", "min_parallel_work"]
@@ -31,8 +33,11 @@ _MAIN = threading.main_thread().ident
 
 
 def min_parallel_work(alone: bool) -> int:
-    """Work from which a call of the calling thread runs its parallel twin (``alone``: no other call in flight)."""
-    if not alone:
+    """Work from which a call of the calling thread runs its parallel twin (``alone``: no other call in flight).
+
+    ``NEVER`` when another call is in flight or Numba has one thread for this thread.
+    """
+    if not alone or numba.get_num_threads() <= 1:
         return NEVER
     if threading.get_ident() == _MAIN:
         return config.PARALLEL_MIN_WORK

@@ -12,7 +12,7 @@ not checked here: these are the trusting inner layer of the library).
 
 from __future__ import annotations
 
-from numba import get_num_threads, njit
+from numba import njit
 
 from ..config import FASTMATH, PARALLEL_MIN_WORK
 from . import _layers
@@ -27,7 +27,7 @@ __all__ = [
     "weight_grad",
 ]
 
-_dispatch = njit(nogil=True, fastmath=FASTMATH)
+_dispatch = njit(cache=True, nogil=True, fastmath=FASTMATH)
 
 linear_forward_serial, linear_forward_parallel = twins(_layers.linear_forward_body)
 backprop_delta_serial, backprop_delta_parallel = twins(_layers.backprop_delta_body)
@@ -38,7 +38,7 @@ weight_bias_grad_serial, weight_bias_grad_parallel = twins(_layers.weight_bias_g
 
 @_dispatch
 def _parallel_pays(work):
-    return work >= PARALLEL_MIN_WORK and get_num_threads() > 1
+    return work >= PARALLEL_MIN_WORK  # no thread count here: it would make the kernels uncachable
 
 
 @_dispatch

@@ -13,7 +13,7 @@ of z^l for hidden layers; the backward pass keeps δ^L in the z^L buffer and δ^
 
 from __future__ import annotations
 
-from numba import get_num_threads, njit
+from numba import njit
 
 from ..activations import SOFTMAX
 from ..config import FASTMATH, PARALLEL_MIN_WORK, SMALL_INPUT
@@ -121,17 +121,20 @@ def parallel_pays(n_samples, n_params, forward_only=False, min_work=PARALLEL_MIN
     ``config.PARALLEL_MIN_WORK`` from the main thread).  The forward pass splits the batch
     into blocks of 4 rows (one block per thread), so it only pays from 5 rows on; the training
     step also splits BP3 over output neurons.  Compiled for the dispatchers below, and called
-    from Python by the model (:mod:`fastbp._threads` gives it ``min_work``).
+    from Python by the model (:mod:`fastbp._threads` gives it ``min_work``, unreachable with
+    one thread).  No thread count is read in compiled code: ``numba.get_num_threads`` goes
+    through a ctypes pointer, which makes a function, and every function that calls it,
+    uncachable; with one thread a parallel twin runs as a one-thread parallel region.
     """
     if forward_only and n_samples <= 4:
         return False
-    return n_samples * n_params >= min_work and get_num_threads() > 1
+    return n_samples * n_params >= min_work
 
 
-_parallel_pays = njit(nogil=True)(parallel_pays)
+_parallel_pays = njit(cache=True, nogil=True)(parallel_pays)
 
 
-@njit(nogil=True, fastmath=FASTMATH)
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
 def forward(params, sizes, acts, x, out, work):
     """Forward pass of the whole network: a^l = σ_l(W^l a^{l-1} + b^l), l = 1..L; out = a^L.
 
@@ -156,7 +159,7 @@ def forward(params, sizes, acts, x, out, work):
         _forward_serial(params, sizes, acts, x, out, work)
 
 
-@njit(nogil=True, fastmath=FASTMATH)
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
 def loss_and_grad(params, sizes, acts, loss, x, y, grad, work, sample_weight=None):
     """Loss C and its gradient ∂C/∂θ for one minibatch, by backpropagation.
 

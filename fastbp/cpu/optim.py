@@ -28,7 +28,7 @@ with ``decoupled=False`` the weight decay is L2 (added to g, as
 from __future__ import annotations
 
 import numpy as np
-from numba import get_num_threads, njit, prange
+from numba import njit, prange
 
 from ..config import FASTMATH, PARALLEL_MIN_PARAMS
 from ._twins import twins
@@ -120,7 +120,7 @@ def _adam_body(params, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, decou
 _adam_serial, _adam_parallel = twins(_adam_body)
 
 
-@njit(nogil=True, fastmath=FASTMATH)
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
 def adam_step(params, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled):
     """One Adam (or AdamW, ``decoupled=True``) step, in place; see the module docstring.
 
@@ -134,7 +134,7 @@ def adam_step(params, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, decoup
     decoupled : bool
         AdamW's decoupled weight decay instead of L2.
     """
-    if params.shape[0] >= PARALLEL_MIN_PARAMS and get_num_threads() > 1:
+    if params.shape[0] >= PARALLEL_MIN_PARAMS:
         _adam_parallel(params, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled)
     else:
         _adam_serial(params, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled)

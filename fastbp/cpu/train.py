@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from numba import get_num_threads, njit
+from numba import njit
 
 from ..activations import SIGMOID, SOFTMAX
 from ..config import FASTMATH, PARALLEL_MIN_PARAMS, PARALLEL_MIN_WORK
@@ -17,7 +17,7 @@ __all__ = ["train_epoch"]
 LOSS_SUM, N_SEEN, N_CORRECT, N_COUNTED, DIVERGED, STEPS = range(6)
 
 
-@njit(nogil=True, fastmath=FASTMATH)
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _count_correct(act, out, y):
     """(correct, counted) of a batch: argmax for softmax outputs, 0.5 threshold for sigmoid."""
     N, n = out.shape
@@ -57,7 +57,7 @@ def _loss_and_grad_twin(parallel, params, sizes, acts, loss, x, y, grad, work, s
     return _loss_and_grad_serial(params, sizes, acts, loss, x, y, grad, work, sample_weight)
 
 
-@njit(nogil=True, fastmath=FASTMATH)
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
 def train_epoch(params, sizes, acts, loss, x, y, perm, batch_size, opt, hp, state, t, grad, work, xb, yb, stats,
                 sample_weight=None, swb=None, min_parallel_work=PARALLEL_MIN_WORK):
     """Run one epoch of minibatch training in place; returns the step count t after it.
@@ -134,7 +134,7 @@ def train_epoch(params, sizes, acts, loss, x, y, perm, batch_size, opt, hp, stat
         t += 1
         if opt == 0:
             sgd_step(params, grad, first, hp[0], hp[1], hp[5] != 0, hp[4])
-        elif min_parallel_work <= PARALLEL_MIN_WORK and P >= PARALLEL_MIN_PARAMS and get_num_threads() > 1:
+        elif min_parallel_work <= PARALLEL_MIN_WORK and P >= PARALLEL_MIN_PARAMS:
             _adam_parallel(params, grad, first, second, t, hp[0], hp[1], hp[2], hp[3], hp[4], hp[5] != 0)
         else:
             _adam_serial(params, grad, first, second, t, hp[0], hp[1], hp[2], hp[3], hp[4], hp[5] != 0)
