@@ -117,15 +117,112 @@ def digits_demo(epochs: int = 30, dtype=np.float32) -> int:
     return 0
 
 
+# -- python -m fastbp compile -------------------------------------------------------------------
+
+#: What ``compile`` fills, per dtype: (task, label kind, sample weights); each task compiles the
+#: specialisations that ``MLP`` runs for it (both twins of the step and of the forward pass).
+_COMPILE_TASKS = (
+    [("forward", None, False)]
+    + [("loss_and_grad", y, w) for y in ("labels", "targets") for w in (False, True)]
+    + [("train_epoch", y, w) for y in ("labels", "targets") for w in (False, True)]
+    + [("evaluate", y, False) for y in ("labels", "targets")]
+)
+
+
+def _compile_task(dtype_name: str, task: str, ykind: str | None, weights: bool) -> tuple[str, float]:
+    """Compile (or load) the kernels of one task in this process; (description, seconds)."""
+    t0 = time.perf_counter()
+    import fastbp
+    from fastbp import _validation
+    from fastbp.cpu import _layers, network, train
+
+    dtype = np.dtype(dtype_name)
+    sizes, N = [3, 5, 2], 4
+    net = fastbp.MLP(sizes, ["tanh", "softmax"], "cross_entropy", dtype=dtype, seed=0)
+    x = np.ones((N, sizes[0]), dtype)
+    y = np.zeros(N, np.int64) if ykind == "labels" else np.full((N, sizes[-1]), 0.5, dtype)
+    sw = np.ones(N, dtype) if weights else None
+    args = (net.params, net._sizes_arr, net._acts_arr)
+    work = np.empty(fastbp.workspace_size(sizes, N), dtype)
+    grad = np.empty_like(net.params)
+    _validation._all_finite(x)
+    _validation._all_finite(net.params)
+    if task == "forward":
+        out = np.empty((N, sizes[-1]), dtype)
+        for twin in (network._forward_serial, network._forward_parallel):
+            twin(*args, x, out, work)
+    elif task == "loss_and_grad":
+        for twin in (network._loss_and_grad_serial, network._loss_and_grad_parallel):
+            twin(*args, net._loss_code, x, y, grad, work, sw)
+        (_validation._label_bounds if ykind == "labels" else _validation._bounds)(y)
+    elif task == "train_epoch":
+        net.fit(x, y, epochs=1, batch_size=N, verbose=False, sample_weight=sw)
+        state = np.zeros(2 * net.n_params, dtype)
+        xb, yb = np.empty_like(x), np.empty_like(y)
+        swb = None if sw is None else np.empty_like(sw)
+        hp = np.array([1e-3, 0.9, 0.999, 1e-8, 0.0, 0.0, 0.0])
+        for run in (train.train_epoch_serial, train.train_epoch_parallel):  # what fit runs, both twins
+            run(*args, net._loss_code, x, y, np.arange(N), N, 1, hp, state, 0, grad, work, xb, yb, np.zeros(6), sw,
+                swb, 0)
+    else:  # evaluate
+        net.evaluate(x, y)
+        zL = np.empty((N, sizes[-1]), dtype)
+        _layers.output_delta_body(net._loss_code, net._acts_arr[-1], zL, zL.copy(), y, zL, None, False)
+    what = f"{dtype_name} {task}" + (f", {ykind}" if ykind else "") + (", sample_weight" if weights else "")
+    return what, time.perf_counter() - t0
+
+
+def compile_cache(dtypes: list[str], backends: list[str], jobs: int) -> int:
+    """Fill the kernel cache ahead of time (container images, cluster nodes); print what and how long."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from fastbp import _cache
+
+    if "cuda" in backends:
+        print("cuda: the CUDA kernels are generated per network shape and compiled by the driver at first "
+              "use; they are not in Numba's disk cache, so there is nothing to compile ahead of time")
+    if "cpu" not in backends:
+        return 0
+    tasks = [(d, *t) for d in dtypes for t in _COMPILE_TASKS]
+    print(f"compiling the cpu kernels for {', '.join(dtypes)} into {_cache.cache_dir()} "
+          f"({len(tasks)} tasks, {jobs} processes)", flush=True)
+    t0 = time.perf_counter()
+    done = 0
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(_compile_task, *t) for t in tasks]
+        for f in as_completed(futures):
+            what, seconds = f.result()
+            done += 1
+            print(f"  [{done:>2}/{len(tasks)}] {what}: {seconds:.1f} s", flush=True)
+    size, files = _cache_size(_cache.cache_dir())
+    print(f"done in {time.perf_counter() - t0:.1f} s; the cache holds {files} files, {size / 2**20:.1f} MiB")
+    return 0
+
+
+def _cache_size(path: str) -> tuple[int, int]:
+    import os
+
+    size = files = 0
+    for root, _, names in os.walk(path):
+        for name in names:
+            size += os.path.getsize(os.path.join(root, name))
+            files += 1
+    return size, files
+
+
 def info() -> int:
-    """Print versions, the threading layer, the CPU and whether the cuda backend can run."""
+    """Print versions, the threading layer, the CPU, the kernel cache and whether the cuda backend can run."""
     import numba
 
     import fastbp
+    from fastbp import _cache
 
     print(f"fastbp {fastbp.__version__}, numba {numba.__version__}, numpy {np.__version__}, python {platform.python_version()}")
     print(f"threads: {numba.get_num_threads()}, threading layer preference: {list(fastbp.config.THREADING_LAYER_PRIORITY)}")
     print(f"machine: {platform.machine()} {platform.processor() or ''}".rstrip())
+    size, files = _cache_size(_cache.cache_dir())
+    print(f"kernel cache: {_cache.cache_dir()} ({files} files, {size / 2**20:.1f} MiB; keyed by the package "
+          f"hash {_cache.package_hash()}; fill it with 'python -m fastbp compile')")
     from fastbp.cuda import unavailable_reason
 
     why = unavailable_reason()
@@ -147,10 +244,18 @@ def main(argv=None) -> int:
     demo.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     grad = sub.add_parser("gradient", help="compute a gradient with each backend; print agreement and time")
     grad.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    sub.add_parser("info", help="versions, threads and machine")
+    sub.add_parser("info", help="versions, threads, machine and where the kernel cache is")
+    comp = sub.add_parser("compile", help="fill the kernel cache ahead of time (container images, cluster nodes)")
+    comp.add_argument("--dtypes", nargs="+", choices=["float32", "float64"], default=["float32", "float64"])
+    comp.add_argument("--backends", nargs="+", choices=["cpu", "cuda"], default=["cpu"])
+    comp.add_argument("--jobs", type=int, default=None, help="processes compiling at once (default: CPUs)")
     args = parser.parse_args(argv)
     if args.command == "info":
         return info()
+    if args.command == "compile":
+        import os
+
+        return compile_cache(args.dtypes, args.backends, max(1, args.jobs or os.cpu_count() or 1))
     dtype = np.float64 if getattr(args, "dtype", "float32") == "float64" else np.float32
     if args.command == "gradient":
         return gradient_demo(dtype)

@@ -60,7 +60,7 @@ def _writable(path: str) -> bool:
     return True
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _base_dir(numba_cache_dir: str) -> str:
     tag = package_hash()
     if numba_cache_dir:

@@ -423,10 +423,15 @@ class MLP:
         n, nL = xa.shape[0], self.sizes[-1]
         step = self._chunk_rows()
         if n <= step:
-            c, work = self._cpu_loss_and_grad(self._params, xa, ya, self._scratch_grad())
-            # a^L is the last block of the workspace and survives the backward pass.
-            end = workspace_size(self.sizes, n)
-            return c, work[end - n * nL : end].reshape(n, nL).copy()
+            # The forward twin (what predict runs) and BP1 for C: evaluate compiles no training step.
+            out = np.empty((n, nL), dtype=self.dtype)
+            work = self._workspace(n)
+            self._cpu_forward(xa, out)
+            zo = workspace_size(self.sizes, n) - 2 * n * nL  # z^L, then a^L
+            zL = work[zo : zo + n * nL].reshape(n, nL)
+            aL = work[zo + n * nL : zo + 2 * n * nL].reshape(n, nL)
+            c = _cpu()._layers.output_delta_body(self._loss_code, self._acts_arr[-1], zL, aL, ya, zL, None, False)
+            return float(c), out
         # A large set in chunks: C is the mean of the chunk means weighted by their rows.
         out = np.empty((n, nL), dtype=self.dtype)
         total = 0.0

@@ -216,7 +216,9 @@ def fit(
 def _fit_cpu(net, xa, ya, sw, val, opt, lrs, batch_size, shuffle, rng, clip, patience, min_delta, restore_best,
              callback, verbose, history, classifier) -> dict:
     """The epoch loop of the cpu backend around the compiled minibatch loop (the caller holds a GATE slot)."""
-    from .cpu.train import DIVERGED, LOSS_SUM, N_CORRECT, N_COUNTED, N_SEEN, STEPS, train_epoch
+    from .cpu.network import parallel_pays
+    from .cpu.train import DIVERGED, LOSS_SUM, N_CORRECT, N_COUNTED, N_SEEN, STEPS, train_epoch_parallel, \
+        train_epoch_serial
 
     epochs = len(lrs)
     n = xa.shape[0]
@@ -242,11 +244,14 @@ def _fit_cpu(net, xa, ya, sw, val, opt, lrs, batch_size, shuffle, rng, clip, pat
             hp[0] = lrs[epoch]
             stats = np.zeros(6)
             t_epoch = t
+            # One twin for the epoch (a copy of train_epoch bound to it: the other is never compiled).
+            min_work = min_parallel_work(GATE.alone())
+            run = train_epoch_parallel if parallel_pays(B, net.n_params, False, min_work) else train_epoch_serial
             try:
                 for start in range(0, n, rows):
-                    train_epoch(net.params, net._sizes_arr, net._acts_arr, net._loss_code, xa, ya,
-                                perm[start : start + rows], B, opt.code, hp, state, t_epoch + int(stats[STEPS]),
-                                grad, work, xb, yb, stats, sw, swb, min_parallel_work(GATE.alone()))
+                    run(net.params, net._sizes_arr, net._acts_arr, net._loss_code, xa, ya, perm[start : start + rows],
+                        B, opt.code, hp, state, t_epoch + int(stats[STEPS]), grad, work, xb, yb, stats, sw, swb,
+                        min_work)
                     if stats[DIVERGED]:
                         break
                     check_interrupt()

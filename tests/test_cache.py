@@ -142,3 +142,36 @@ def test_the_cache_is_keyed_by_the_whole_package():
 
     assert fastbp.cpu.network._forward_serial._cache._impl.locator.get_source_stamp() == _cache.package_hash()
     assert np.all([c in "0123456789abcdef" for c in _cache.package_hash()])
+
+
+ONLY_WHAT_RUNS = textwrap.dedent(
+    """
+    import json
+    import numpy as np
+    import fastbp
+    from fastbp.cpu import network, train
+
+    def compiled():
+        return {name: len(getattr(mod, name).overloads) for mod, names in (
+            (network, ["_forward_serial", "_forward_parallel", "_loss_and_grad_serial", "_loss_and_grad_parallel"]),
+            (train, ["train_epoch", "train_epoch_serial", "train_epoch_parallel"])) for name in names}
+
+    net = fastbp.MLP([5, 7, 3], ["tanh", "softmax"], "cross_entropy", seed=0)
+    x = np.ones((6, 5), np.float32)
+    y = np.zeros(6, np.int64)
+    net.predict(x)
+    net.evaluate(x, y)
+    after_predict = compiled()
+    net.fit(x, y, epochs=1, batch_size=4, verbose=False)  # a last batch of 2: the same (serial) twin
+    print(json.dumps([after_predict, compiled()]))
+    """
+)
+
+
+def test_a_process_compiles_only_what_it_runs():
+    """predict and evaluate compile no training step; a small fit compiles no parallel twin."""
+    out = subprocess.run([sys.executable, "-c", ONLY_WHAT_RUNS], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    after_predict, after_fit = json.loads(out.stdout.strip().splitlines()[-1])
+    assert after_predict == {**dict.fromkeys(after_predict, 0), "_forward_serial": 1}
+    assert after_fit == {**after_predict, "_loss_and_grad_serial": 1, "train_epoch_serial": 1}

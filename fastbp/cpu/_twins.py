@@ -22,14 +22,29 @@ from numba import njit
 from ..config import FASTMATH
 
 
-def _renamed(py, suffix: str):
-    """A copy of the function ``py`` named ``<name><suffix>`` (same code, globals and defaults)."""
-    f = types.FunctionType(py.__code__, py.__globals__, py.__name__ + suffix, py.__defaults__, py.__closure__)
+def _renamed(py, suffix: str, **rebind):
+    """A copy of the function ``py`` named ``<name><suffix>`` (same code and defaults).
+
+    ``rebind`` replaces global names for the copy only (the copy gets its own globals dict, a
+    snapshot of ``py``'s module taken now: call this at the end of the module).
+    """
+    glb = dict(py.__globals__, **rebind) if rebind else py.__globals__
+    f = types.FunctionType(py.__code__, glb, py.__name__ + suffix, py.__defaults__, py.__closure__)
     f.__qualname__ = py.__qualname__ + suffix
     f.__module__ = py.__module__
     f.__doc__ = py.__doc__
     f.__kwdefaults__ = py.__kwdefaults__
     return f
+
+
+def bound_to(dispatcher, suffix: str, **rebind):
+    """A cached copy of the compiled function ``dispatcher`` with some global names rebound.
+
+    ``MLP.fit`` runs copies of ``train_epoch`` bound to one twin of the training step each, so
+    that a process compiles only the twin it runs (the original references both).
+    """
+    options = {k: v for k, v in dispatcher.targetoptions.items() if k != "nopython"}  # njit sets it
+    return njit(**options)(_renamed(dispatcher.py_func, suffix, **rebind))
 
 
 def twins(body):

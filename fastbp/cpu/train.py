@@ -9,6 +9,7 @@ from ..activations import SIGMOID, SOFTMAX
 from ..config import FASTMATH, PARALLEL_MIN_PARAMS, PARALLEL_MIN_WORK
 from ..layout import activation_offset
 from .network import _loss_and_grad_parallel, _loss_and_grad_serial, _parallel_pays
+from ._twins import bound_to
 from .optim import _adam_parallel, _adam_serial, clip_grad_norm, sgd_step
 
 __all__ = ["train_epoch"]
@@ -94,9 +95,9 @@ def train_epoch(params, sizes, acts, loss, x, y, perm, batch_size, opt, hp, stat
     sample_weight, swb : 1-D float arrays, optional
         Per-sample weights of the training set and their batch buffer.
     min_parallel_work : int, default ``config.PARALLEL_MIN_WORK``
-        A step runs the ``parallel=True`` twin of the training step from this many multiply-adds
-        of forward work (rows times parameters) on, and the parallel Adam update only at the
-        default.  ``MLP.fit`` passes a higher figure from a worker thread and an unreachable one
+        The steps run the ``parallel=True`` twin of the training step when ``batch_size`` times
+        the parameter count reaches this (all steps of the call, the last partial batch too),
+        and the parallel Adam update only at the default.  ``MLP.fit`` passes a higher figure from a worker thread and an unreachable one
         while other compiled calls are in flight (:mod:`fastbp._threads`).
     """
     N = perm.shape[0]
@@ -106,6 +107,9 @@ def train_epoch(params, sizes, acts, loss, x, y, perm, batch_size, opt, hp, stat
     n_in = x.shape[1]
     first = state[:P]
     second = state[P:]
+    # One twin for every step of the call, chosen by the full batch size: a smaller last batch
+    # does not make the process compile the other twin too.
+    par = _parallel_pays(batch_size, P, False, min_parallel_work)
     for start in range(0, N, batch_size):
         m = min(batch_size, N - start)
         for r in range(m):
@@ -117,7 +121,6 @@ def train_epoch(params, sizes, acts, loss, x, y, perm, batch_size, opt, hp, stat
             else:
                 for j in range(nL):
                     yb[r, j] = y[src, j]
-        par = _parallel_pays(m, P, False, min_parallel_work)
         if sample_weight is None:
             c = _loss_and_grad_twin(par, params, sizes, acts, loss, xb[:m], yb[:m], grad, work, None)
         else:
@@ -144,3 +147,15 @@ def train_epoch(params, sizes, acts, loss, x, y, perm, batch_size, opt, hp, stat
         stats[N_COUNTED] += counted
         stats[STEPS] += 1
     return t
+
+
+# ``MLP.fit`` picks one of these per call: each compiles only its own twin of the training step
+# (the inlined helper that calls the twins is rebound too: it resolves them in its own globals).
+train_epoch_serial = bound_to(
+    train_epoch, "_serial",
+    _loss_and_grad_twin=bound_to(_loss_and_grad_twin, "_serial", _loss_and_grad_parallel=_loss_and_grad_serial),
+)
+train_epoch_parallel = bound_to(
+    train_epoch, "_parallel",
+    _loss_and_grad_twin=bound_to(_loss_and_grad_twin, "_parallel", _loss_and_grad_serial=_loss_and_grad_parallel),
+)
