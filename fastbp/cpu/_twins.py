@@ -43,8 +43,9 @@ def bound_to(dispatcher, suffix: str, **rebind):
     ``MLP.fit`` runs copies of ``train_epoch`` bound to one twin of the training step each, so
     that a process compiles only the twin it runs (the original references both).
     """
-    options = {k: v for k, v in dispatcher.targetoptions.items() if k != "nopython"}  # njit sets it
-    return njit(**options)(_renamed(dispatcher.py_func, suffix, **rebind))
+    # njit sets nopython itself; caching is not among the target options and is asked for here
+    options = {k: v for k, v in dispatcher.targetoptions.items() if k != "nopython"}
+    return njit(cache=True, **options)(_renamed(dispatcher.py_func, suffix, **rebind))
 
 
 def twins(body):
