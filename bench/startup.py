@@ -146,7 +146,8 @@ def main() -> int:
                 print(f"| issue #10, {dtype} | {name} | " + " | ".join(cells) + " |", flush=True)
         if args.digits:
             print()
-            print("| digits, 20 epochs, whole process | cache | fastbp | scikit-learn MLPClassifier | fastbp / sklearn |")
+            print("| digits, 20 epochs, whole process | cache | fastbp | scikit-learn MLPClassifier "
+                  "| fastbp / sklearn |")
             print("|---|---|---|---|---|")
             cache = os.path.join(tmp, "digits")
             cold = [_digits(os.path.join(tmp, f"digits-cold-{i}"), "fastbp") for i in range(args.processes)]

@@ -217,8 +217,16 @@ def _fit_cpu(net, xa, ya, sw, val, opt, lrs, batch_size, shuffle, rng, clip, pat
              callback, verbose, history, classifier) -> dict:
     """The epoch loop of the cpu backend around the compiled minibatch loop (the caller holds a GATE slot)."""
     from .cpu.network import parallel_pays
-    from .cpu.train import DIVERGED, LOSS_SUM, N_CORRECT, N_COUNTED, N_SEEN, STEPS, train_epoch_parallel, \
-        train_epoch_serial
+    from .cpu.train import (
+        DIVERGED,
+        LOSS_SUM,
+        N_CORRECT,
+        N_COUNTED,
+        N_SEEN,
+        STEPS,
+        train_epoch_parallel,
+        train_epoch_serial,
+    )
 
     epochs = len(lrs)
     n = xa.shape[0]

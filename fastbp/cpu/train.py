@@ -8,8 +8,8 @@ from numba import njit
 from ..activations import SIGMOID, SOFTMAX
 from ..config import FASTMATH, PARALLEL_MIN_PARAMS, PARALLEL_MIN_WORK
 from ..layout import activation_offset
-from .network import _loss_and_grad_parallel, _loss_and_grad_serial, _parallel_pays
 from ._twins import bound_to
+from .network import _loss_and_grad_parallel, _loss_and_grad_serial, _parallel_pays
 from .optim import _adam_parallel, _adam_serial, clip_grad_norm, sgd_step
 
 __all__ = ["train_epoch"]
@@ -97,8 +97,10 @@ def train_epoch(params, sizes, acts, loss, x, y, perm, batch_size, opt, hp, stat
     min_parallel_work : int, default ``config.PARALLEL_MIN_WORK``
         The steps run the ``parallel=True`` twin of the training step when ``batch_size`` times
         the parameter count reaches this (all steps of the call, the last partial batch too),
-        and the parallel Adam update only at the default.  ``MLP.fit`` passes a higher figure from a worker thread and an unreachable one
-        while other compiled calls are in flight (:mod:`fastbp._threads`).
+        and the parallel Adam update only at the default.  ``MLP.fit`` passes a higher figure
+        from a worker thread and an unreachable one while other compiled calls are in flight
+        (:mod:`fastbp._threads`), and calls copies bound to one twin (``train_epoch_serial``,
+        ``train_epoch_parallel``).
     """
     N = perm.shape[0]
     P = params.shape[0]
