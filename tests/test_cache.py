@@ -199,3 +199,55 @@ def test_every_compiled_function_is_cached():
                 assert not isinstance(obj._cache, NullCache), f"fastbp.{name}.{attr} is not cached"
                 seen += 1
     assert seen > 30
+
+
+USER_LOOP = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from numba import njit
+    import fastbp
+    from fastbp import cpu
+    from fastbp.cpu.optim import sgd_step
+
+    net = fastbp.MLP([13, 65, 7], ["tanh", "softmax"], "cross_entropy", dtype=np.float32, seed=0)
+    n = 300  # N * P > PARALLEL_MIN_WORK: the parallel twin
+    x = np.linspace(-1.0, 1.0, n * 13).reshape(n, 13).astype(np.float32)
+    y = np.arange(n) % 7
+    if sys.argv[1] == "model":
+        print(net.loss_and_grad(x, y)[0])
+        sys.exit(0)
+
+    @njit
+    def user_loop(params, sizes, acts, loss, x, y, grad, work, velocity, steps):
+        c = 0.0
+        for _ in range(steps):
+            c = cpu.loss_and_grad(params, sizes, acts, loss, x, y, grad, work)
+            sgd_step(params, grad, velocity, 0.0, 0.0, False, 0.0)
+        return c
+
+    grad = np.empty_like(net.params)
+    work = np.empty(fastbp.workspace_size(net.sizes, n), np.float32)
+    print(user_loop(net.params, net._sizes_arr, net._acts_arr, net._loss_code, x, y, grad, work,
+                    np.zeros_like(grad), 2))
+    """
+)
+
+
+def test_a_user_njit_loop_links_cached_parallel_code(tmp_path):
+    """A user's (uncached) @njit loop that loads a kernel whose parallel twin came from the disk cache.
+
+    The order that aborted the process ("LLVM ERROR: Symbol not found: allocate_sched"): the model
+    caches the parallel twin; a user loop compiles the public dispatcher around the *loaded* twin
+    and caches it; the next process loads that dispatcher before any threading layer is launched.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_")}
+    env["NUMBA_CACHE_DIR"] = str(tmp_path / "cache")
+    env["PYTHONPATH"] = ROOT
+    outs = []
+    for mode in ("model", "loop", "loop"):
+        r = subprocess.run([sys.executable, "-c", USER_LOOP, mode], capture_output=True, text=True, env=env,
+                           timeout=600, cwd=ROOT)
+        assert r.returncode == 0, r.stderr[-2000:]
+        outs.append(float(r.stdout.strip().splitlines()[-1]))
+    assert outs[0] == outs[1] == outs[2]

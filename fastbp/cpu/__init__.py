@@ -12,7 +12,15 @@ names:
 - whole network: :func:`forward`, :func:`loss_and_grad`
 """
 
-from .kernels import (
+import numba as _numba
+
+# Launch Numba's threading layer now.  The cached parallel twins link against its scheduling
+# symbols (allocate_sched, numba_parallel_for, ...), which exist only once a layer is launched;
+# a user's @njit function that calls a kernel whose parallel twin comes from the disk cache
+# aborted the process with "LLVM ERROR: Symbol not found: allocate_sched" before this.
+_numba.get_num_threads()
+
+from .kernels import (  # noqa: E402
     backprop_delta,
     bias_grad,
     linear_forward,
@@ -20,7 +28,7 @@ from .kernels import (
     weight_bias_grad,
     weight_grad,
 )
-from .network import forward, loss_and_grad
+from .network import forward, loss_and_grad  # noqa: E402
 
 __all__ = [
     "backprop_delta",
