@@ -451,6 +451,11 @@ class MLP:
     def _cpu_forward(self, xa: np.ndarray, out: np.ndarray) -> None:
         """a^L of checked x into ``out`` with this thread's workspace (parallel twin only when alone)."""
         net = _cpu().network
+        n = xa.shape[0]
+        if n <= 4 or n * self._params.shape[0] < _config.PARALLEL_MIN_WORK:
+            # Serial whatever other threads do: no need to register with the gate (1-2 us per call).
+            net._forward_serial(self._params, self._sizes_arr, self._acts_arr, xa, out, self._workspace(n))
+            return
         alone = GATE.enter()
         try:
             par = net.parallel_pays(xa.shape[0], self._params.shape[0], True, min_parallel_work(alone))
@@ -463,6 +468,10 @@ class MLP:
         """(C, this thread's workspace) at θ = ``theta`` of checked arrays; ∂C/∂θ into ``grad``."""
         net = _cpu().network
         work = self._workspace(xa.shape[0])
+        if xa.shape[0] * theta.shape[0] < _config.PARALLEL_MIN_WORK:  # serial whatever others do
+            c = net._loss_and_grad_serial(theta, self._sizes_arr, self._acts_arr, self._loss_code, xa, ya, grad, work,
+                                          sw)
+            return float(c), work
         alone = GATE.enter()
         try:
             par = net.parallel_pays(xa.shape[0], theta.shape[0], False, min_parallel_work(alone))
