@@ -448,37 +448,37 @@ class MLP:
             g = self._local.grad = np.empty_like(self._params)
         return g
 
-    def _cpu_forward(self, xa: np.ndarray, out: np.ndarray) -> None:
-        """a^L of checked x into ``out`` with this thread's workspace (parallel twin only when alone)."""
+    def _run_twin(self, serial, parallel, n: int, n_params: int, forward_only: bool, *args):
+        """Run the serial or the parallel twin of a whole-network kernel on ``n`` rows.
+
+        The parallel twin runs only where it pays and no other thread is inside a compiled model
+        call (:mod:`fastbp._threads`).  Below the cut-over every caller runs serial, whatever the
+        other threads do, so such a call does not register with the gate (1-2 µs saved).
+        """
         net = _cpu().network
-        n = xa.shape[0]
-        if n <= 4 or n * self._params.shape[0] < _config.PARALLEL_MIN_WORK:
-            # Serial whatever other threads do: no need to register with the gate (1-2 us per call).
-            net._forward_serial(self._params, self._sizes_arr, self._acts_arr, xa, out, self._workspace(n))
-            return
+        if not net.parallel_pays(n, n_params, forward_only):
+            return serial(*args)
         alone = GATE.enter()
         try:
-            par = net.parallel_pays(xa.shape[0], self._params.shape[0], True, min_parallel_work(alone))
-            kernel = net._forward_parallel if par else net._forward_serial
-            kernel(self._params, self._sizes_arr, self._acts_arr, xa, out, self._workspace(xa.shape[0]))
+            par = net.parallel_pays(n, n_params, forward_only, min_parallel_work(alone))
+            return (parallel if par else serial)(*args)
         finally:
             GATE.leave()
+
+    def _cpu_forward(self, xa: np.ndarray, out: np.ndarray) -> None:
+        """a^L of checked x into ``out``, with this thread's workspace."""
+        net = _cpu().network
+        n = xa.shape[0]
+        self._run_twin(net._forward_serial, net._forward_parallel, n, self._params.shape[0], True,
+                       self._params, self._sizes_arr, self._acts_arr, xa, out, self._workspace(n))
 
     def _cpu_loss_and_grad(self, theta, xa, ya, grad, sw=None) -> tuple[float, np.ndarray]:
         """(C, this thread's workspace) at θ = ``theta`` of checked arrays; ∂C/∂θ into ``grad``."""
         net = _cpu().network
-        work = self._workspace(xa.shape[0])
-        if xa.shape[0] * theta.shape[0] < _config.PARALLEL_MIN_WORK:  # serial whatever others do
-            c = net._loss_and_grad_serial(theta, self._sizes_arr, self._acts_arr, self._loss_code, xa, ya, grad, work,
-                                          sw)
-            return float(c), work
-        alone = GATE.enter()
-        try:
-            par = net.parallel_pays(xa.shape[0], theta.shape[0], False, min_parallel_work(alone))
-            kernel = net._loss_and_grad_parallel if par else net._loss_and_grad_serial
-            c = kernel(theta, self._sizes_arr, self._acts_arr, self._loss_code, xa, ya, grad, work, sw)
-        finally:
-            GATE.leave()
+        n = xa.shape[0]
+        work = self._workspace(n)
+        c = self._run_twin(net._loss_and_grad_serial, net._loss_and_grad_parallel, n, theta.shape[0], False,
+                           theta, self._sizes_arr, self._acts_arr, self._loss_code, xa, ya, grad, work, sw)
         return float(c), work
 
     def _loss_and_grad_at(self, theta: np.ndarray, xa, ya, sw, grad: np.ndarray) -> float:
