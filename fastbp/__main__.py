@@ -122,13 +122,16 @@ def digits_demo(epochs: int = 30, dtype=np.float32) -> int:
 # -- python -m fastbp compile -------------------------------------------------------------------
 
 #: What ``compile`` fills, per dtype: (task, label kind, sample weights); each task compiles the
-#: specialisations that ``MLP`` runs for it (both twins of the step and of the forward pass).
-_COMPILE_TASKS = (
-    [("forward", None, False)]
-    + [("loss_and_grad", y, w) for y in ("labels", "targets") for w in (False, True)]
-    + [("train_epoch", y, w) for y in ("labels", "targets") for w in (False, True)]
-    + [("evaluate", y, False) for y in ("labels", "targets")]
-)
+#: specialisations that ``MLP`` runs for it (both twins of the step and of the forward pass).  The
+#: kernels take labels, targets and weights in one form (one signature per dtype), so one label
+#: kind compiles what every kind runs; the validation scans still differ by label kind.
+_COMPILE_TASKS = [
+    ("forward", None, False),
+    ("loss_and_grad", "labels", False),
+    ("loss_and_grad", "targets", True),
+    ("train_epoch", "labels", False),
+    ("evaluate", "targets", False),
+]
 
 
 def _compile_task(dtype_name: str, task: str, ykind: str | None, weights: bool) -> tuple[str, float]:
@@ -154,22 +157,25 @@ def _compile_task(dtype_name: str, task: str, ykind: str | None, weights: bool) 
         for twin in (network._forward_serial, network._forward_parallel):
             twin(*args, x, out, work)
     elif task == "loss_and_grad":
+        yk, lab = net._kernel_targets(y)
         for twin in (network._loss_and_grad_serial, network._loss_and_grad_parallel):
-            twin(*args, net._loss_code, x, y, grad, work, sw)
+            twin(*args, net._loss_code, x, yk, lab, grad, work, net._no_weights if sw is None else sw)
         (_validation._label_bounds if ykind == "labels" else _validation._bounds)(y)
     elif task == "train_epoch":
         net.fit(x, y, epochs=1, batch_size=N, verbose=False, sample_weight=sw)
         state = np.zeros(2 * net.n_params, dtype)
-        xb, yb = np.empty_like(x), np.empty_like(y)
-        swb = None if sw is None else np.empty_like(sw)
+        yk, lab = net._kernel_targets(y)
+        sw = net._no_weights if sw is None else sw
+        xb, yb, lb, swb = np.empty_like(x), np.empty_like(yk), np.empty_like(lab), np.empty_like(sw)
         hp = np.array([1e-3, 0.9, 0.999, 1e-8, 0.0, 0.0, 0.0])
         for run in (train.train_epoch_serial, train.train_epoch_parallel):  # what fit runs, both twins
-            run(*args, net._loss_code, x, y, np.arange(N), N, 1, hp, state, 0, grad, work, xb, yb, np.zeros(6), sw,
-                swb, 0)
+            run(*args, net._loss_code, x, yk, lab, np.arange(N), N, 1, hp, state, 0, grad, work, xb, yb, lb,
+                np.zeros(6), sw, swb, 0)
     else:  # evaluate
         net.evaluate(x, y)
         zL = np.empty((N, sizes[-1]), dtype)
-        _layers.output_delta_body(net._loss_code, net._acts_arr[-1], zL, zL.copy(), y, zL, None, False)
+        _layers.output_delta_body(net._loss_code, net._acts_arr[-1], zL, zL.copy(), *net._kernel_targets(y), zL,
+                                  net._no_weights, False)
     what = f"{dtype_name} {task}" + (f", {ykind}" if ykind else "") + (", sample_weight" if weights else "")
     return what, time.perf_counter() - t0
 

@@ -64,6 +64,7 @@ INITS = ("xavier", "he")
 _FILE_FORMAT = "fastbp-mlp"
 _FILE_VERSION = 1
 _MAX_CACHED_WORKSPACES = 4
+_NO_LABELS = np.empty(0, dtype=np.int64)  # writeable: a read-only array is another Numba type
 
 
 def _check_sizes(sizes) -> tuple[int, ...]:
@@ -204,6 +205,9 @@ class MLP:
             params = np.zeros(P, dtype=self.dtype)
         self._params = params
         self._weights, self._biases = split_params(self._params, self.sizes)
+        # "no targets" and "no weights" for the kernels (empty arrays, see _kernel_targets)
+        self._no_targets = np.empty((0, self.sizes[-1]), dtype=self.dtype)
+        self._no_weights = np.empty(0, dtype=self.dtype)
         self._cuda_state = None
         self._init_sync()
 
@@ -430,7 +434,9 @@ class MLP:
             zo = workspace_size(self.sizes, n) - 2 * n * nL  # z^L, then a^L
             zL = work[zo : zo + n * nL].reshape(n, nL)
             aL = work[zo + n * nL : zo + 2 * n * nL].reshape(n, nL)
-            c = _cpu()._layers.output_delta_body(self._loss_code, self._acts_arr[-1], zL, aL, ya, zL, None, False)
+            yk, lab = self._kernel_targets(ya)
+            c = _cpu()._layers.output_delta_body(self._loss_code, self._acts_arr[-1], zL, aL, yk, lab, zL,
+                                                 self._no_weights, False)
             return float(c), out
         # A large set in chunks: C is the mean of the chunk means weighted by their rows.
         out = np.empty((n, nL), dtype=self.dtype)
@@ -472,13 +478,22 @@ class MLP:
         self._run_twin(net._forward_serial, net._forward_parallel, n, self._params.shape[0], True,
                        self._params, self._sizes_arr, self._acts_arr, xa, out, self._workspace(n))
 
+    def _kernel_targets(self, ya: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(targets, labels) of checked ``ya`` in the one form the kernels are compiled for: (N, nL)
+        targets with no labels, or (N,) labels with targets of no rows (one signature per dtype)."""
+        if ya.ndim == 1:
+            return self._no_targets, ya
+        return ya, _NO_LABELS
+
     def _cpu_loss_and_grad(self, theta, xa, ya, grad, sw=None) -> tuple[float, np.ndarray]:
         """(C, this thread's workspace) at θ = ``theta`` of checked arrays; ∂C/∂θ into ``grad``."""
         net = _cpu().network
         n = xa.shape[0]
         work = self._workspace(n)
+        yk, lab = self._kernel_targets(ya)
         c = self._run_twin(net._loss_and_grad_serial, net._loss_and_grad_parallel, n, theta.shape[0], False,
-                           theta, self._sizes_arr, self._acts_arr, self._loss_code, xa, ya, grad, work, sw)
+                           theta, self._sizes_arr, self._acts_arr, self._loss_code, xa, yk, lab, grad, work,
+                           self._no_weights if sw is None else sw)
         return float(c), work
 
     def _loss_and_grad_at(self, theta: np.ndarray, xa, ya, sw, grad: np.ndarray) -> float:

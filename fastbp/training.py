@@ -96,7 +96,7 @@ def evaluate(net: MLP, x: np.ndarray, y: np.ndarray) -> tuple[float, float | Non
     loss, out = net._loss_checked(x, y)
     if not _is_classifier(net):
         return loss, None
-    correct, counted = _count_correct(net._acts_arr[-1], out, y)
+    correct, counted = _count_correct(net._acts_arr[-1], out, *net._kernel_targets(y))
     return loss, correct / counted
 
 
@@ -238,9 +238,13 @@ def _fit_cpu(net, xa, ya, sw, val, opt, lrs, batch_size, shuffle, rng, clip, pat
     hp[6] = clip
     grad = np.empty_like(net.params)
     work = net._workspace(B)
+    # Targets, labels and weights in the one form the compiled loop takes (empty where absent).
+    yk, lab = net._kernel_targets(ya)
+    sw = net._no_weights if sw is None else sw
     xb = np.empty((B, xa.shape[1]), net.dtype)
-    yb = np.empty((B,) + ya.shape[1:], ya.dtype)
-    swb = None if sw is None else np.empty(B, net.dtype)
+    yb = np.empty((min(B, yk.shape[0]), yk.shape[1]), net.dtype)
+    lb = np.empty(min(B, lab.shape[0]), np.int64)
+    swb = np.empty(min(B, sw.shape[0]), net.dtype)
     stopping = _EarlyStopping("val_loss" if val is not None else "loss", patience, min_delta)
     best_params = None
     # Minibatches per call of the compiled loop: the interrupt check runs between calls.
@@ -257,9 +261,9 @@ def _fit_cpu(net, xa, ya, sw, val, opt, lrs, batch_size, shuffle, rng, clip, pat
             run = train_epoch_parallel if parallel_pays(B, net.n_params, False, min_work) else train_epoch_serial
             try:
                 for start in range(0, n, rows):
-                    run(net.params, net._sizes_arr, net._acts_arr, net._loss_code, xa, ya, perm[start : start + rows],
-                        B, opt.code, hp, state, t_epoch + int(stats[STEPS]), grad, work, xb, yb, stats, sw, swb,
-                        min_work)
+                    run(net.params, net._sizes_arr, net._acts_arr, net._loss_code, xa, yk, lab,
+                        perm[start : start + rows], B, opt.code, hp, state, t_epoch + int(stats[STEPS]), grad, work,
+                        xb, yb, lb, stats, sw, swb, min_work)
                     if stats[DIVERGED]:
                         break
                     check_interrupt()

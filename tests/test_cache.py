@@ -177,7 +177,10 @@ def test_a_process_compiles_only_what_it_runs():
     assert out.returncode == 0, out.stderr
     after_predict, after_fit = json.loads(out.stdout.strip().splitlines()[-1])
     assert after_predict == {**dict.fromkeys(after_predict, 0), "_forward_serial": 1}
-    assert after_fit == {**after_predict, "_loss_and_grad_serial": 1, "train_epoch_serial": 1}
+    # train_epoch_serial links the serial step: compiled, it compiles the step too; loaded from a
+    # warm cache, it needs nothing else.  No parallel twin either way.
+    assert after_fit.pop("_loss_and_grad_serial") in (0, 1)
+    assert after_fit == {**after_predict, "train_epoch_serial": 1}
 
 
 def test_every_compiled_function_is_cached():

@@ -195,7 +195,8 @@ def test_forward_serial_and_parallel_twins(dtype, rng):
     y = rng.integers(0, 7, 33)
     g1 = np.empty_like(params)
     g2 = np.empty_like(params)
-    c1 = NET._loss_and_grad_serial(params, sizes, acts, 1, x, y, g1, work)
-    c2 = NET._loss_and_grad_parallel(params, sizes, acts, 1, x, y, g2, work)
+    no_y, no_w = np.empty((0, 7), dtype), np.empty(0, dtype)  # labels only, no weights (see MLP._kernel_targets)
+    c1 = NET._loss_and_grad_serial(params, sizes, acts, 1, x, no_y, y, g1, work, no_w)
+    c2 = NET._loss_and_grad_parallel(params, sizes, acts, 1, x, no_y, y, g2, work, no_w)
     assert c1 == c2
     np.testing.assert_array_equal(g1, g2)

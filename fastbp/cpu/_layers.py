@@ -20,7 +20,9 @@ docstring allows it.  Validation happens once, at the public boundary.
 
 from __future__ import annotations
 
-from numba import njit, prange
+import numpy as np
+from numba import njit, prange, types
+from numba.extending import overload
 
 from ..activations import activate_and_derive_rows, activate_rows, scale_by_derivative_rows
 from .._math import _single
@@ -163,72 +165,80 @@ def weight_bias_grad_small_in(delta, a_prev, gW, gb, gT):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _mse_delta_from_derivative(s, a, y, delta, sample_weight):
-    """BP1 for mse with an elementwise output whose σ'(z^L) the forward pass kept in ``s``:
-    δ_nj = w_n (a_nj − y_nj) s_nj, in one sweep over the batch (no σ' to recompute)."""
+def output_delta_body(loss, act, z, a, y, labels, delta, sample_weight, z_is_derivative=False):
+    """BP1 over the batch; returns C.
+
+    One signature per dtype: targets ``y`` (N, n_L) float with ``labels`` empty, or class
+    ``labels`` (N,) int64 with ``y`` of no rows; ``sample_weight`` (N,) float, or empty for
+    none.  With ``z_is_derivative`` (mse and an elementwise output only) ``z`` holds σ'(z^L),
+    as the training forward pass leaves it: then δ_nj = w_n (a_nj − y_nj) s_nj in one sweep,
+    with no σ' to recompute.
+    """
     N, n = a.shape
-    T = a.dtype.type
+    T = z.dtype.type
     one = T(1.0)
     zero = T(0.0)
-    scale = T(1.0) / T(N)
-    inv = 0.0
-    if sample_weight is not None:
+    has_labels = labels.shape[0] > 0
+    weighted = sample_weight.shape[0] > 0
+    # C = inv · Σ_n w_n ℓ_n: inv = 1/N, or 1/Σ_n w_n (0 when every weight is zero).
+    inv = 1.0 / N
+    if weighted:
         w_total = 0.0
         for r in range(N):
             w_total += sample_weight[r]
         inv = 1.0 / w_total if w_total > 0 else 0.0
+    scale = T(1.0) / T(N)
     total = 0.0
     for r in range(N):
-        wr = 1.0 if sample_weight is None else sample_weight[r] * inv
-        w = scale if sample_weight is None else T(wr)
-        term = 0.0
-        for i in range(n):
-            if y.ndim == 1:
-                yi = one if i == y[r] else zero
-            else:
-                yi = y[r, i]
-            d = a[r, i] - yi
-            term += 0.5 * d * d
-            delta[r, i] = w * d * s[r, i]
-        total += wr * term
-    return total / N if sample_weight is None else total
-
-
-@njit(cache=True, fastmath=FASTMATH)
-def output_delta_body(loss, act, z, a, y, delta, sample_weight=None, z_is_derivative=False):
-    """BP1 over the batch; returns C.  With ``z_is_derivative`` (mse and an elementwise
-    output only) ``z`` holds σ'(z^L), as the training forward pass leaves it."""
-    N = z.shape[0]
-    T = z.dtype.type
-    if z_is_derivative:
-        return _mse_delta_from_derivative(z, a, y, delta, sample_weight)
-    if sample_weight is None:
-        scale = T(1.0) / T(N)
-        total = 0.0
-        for r in range(N):
-            if y.ndim == 1:
-                total += output_delta_at(loss, act, z, a, a, y[r], scale, delta, r)
-            else:
-                total += output_delta_at(loss, act, z, a, y, -1, scale, delta, r)
-        return total / N
-    # Weighted mean: C = Σ_n w_n ℓ_n / Σ_n w_n (zero when every weight is zero).
-    w_total = 0.0
-    for r in range(N):
-        w_total += sample_weight[r]
-    inv = 1.0 / w_total if w_total > 0 else 0.0
-    total = 0.0
-    for r in range(N):
-        w = sample_weight[r] * inv
-        if y.ndim == 1:
-            term = output_delta_at(loss, act, z, a, a, y[r], T(w), delta, r)
+        wr = sample_weight[r] * inv if weighted else 1.0
+        w = T(wr) if weighted else scale
+        label = labels[r] if has_labels else -1
+        if z_is_derivative:
+            term = 0.0
+            for i in range(n):
+                yi = (one if i == label else zero) if has_labels else y[r, i]
+                d = a[r, i] - yi
+                term += 0.5 * d * d
+                delta[r, i] = w * d * z[r, i]
         else:
-            term = output_delta_at(loss, act, z, a, y, -1, T(w), delta, r)
-        total += w * term
-    return total
+            term = output_delta_at(loss, act, z, a, y, label, w, delta, r)
+        total += wr * term
+    return total if weighted else total / N
 
 
-# BP1 is O(N n_L) and serial; it is an ordinary function rather than an inlined
-# body because Numba prunes the ``y.ndim`` branch only in a function of its own.
+def normalised_targets(y, sample_weight, n_out, like):
+    """(y, labels, sample_weight) in the one form the kernels are compiled for, per dtype.
+
+    ``y`` (N, n_L) float targets give (y, empty labels); (N,) integer labels give (targets of no
+    rows, labels); ``None`` weights give an empty weight vector (dtype of the array ``like``).  So
+    a process compiles each training kernel once per dtype, whichever kinds of target and weight
+    its calls pass.  Compiled code only (the choice is made from the argument types).
+    """
+    raise NotImplementedError("normalised_targets is for compiled code")
+
+
+@overload(normalised_targets)
+def _normalised_targets(y, sample_weight, n_out, like):
+    labels = y.ndim == 1
+    unweighted = sample_weight is None or isinstance(sample_weight, (types.NoneType, types.Omitted))
+
+    def impl(y, sample_weight, n_out, like):
+        if labels:
+            Y = np.empty((0, n_out), like.dtype)
+            lab = y
+        else:
+            Y = y
+            lab = np.empty(0, np.int64)
+        if unweighted:
+            sw = np.empty(0, like.dtype)
+        else:
+            sw = sample_weight
+        return Y, lab, sw
+
+    return impl
+
+
+# BP1 is O(N n_L) and serial: an ordinary function, compiled once per dtype.
 
 
 @_inline

@@ -91,7 +91,8 @@ def output_delta(loss, act, z, a, y, delta, sample_weight=None):
     float
         C.
     """
-    return _layers.output_delta_body(loss, act, z, a, y, delta, sample_weight)
+    Y, lab, sw = _layers.normalised_targets(y, sample_weight, z.shape[1], z)
+    return _layers.output_delta_body(loss, act, z, a, Y, lab, delta, sw)
 
 
 @_dispatch

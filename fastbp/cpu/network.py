@@ -68,7 +68,7 @@ def _forward_impl(params, sizes, acts, x, out, work):
             out[r, j] = A[r, j]
 
 
-def _loss_and_grad_impl(params, sizes, acts, loss, x, y, grad, work, sample_weight=None):
+def _loss_and_grad_impl(params, sizes, acts, loss, x, y, labels, grad, work, sample_weight):
     L = sizes.shape[0] - 1
     N = x.shape[0]
     derive_out = loss == MSE and acts[L - 1] != SOFTMAX
@@ -79,7 +79,7 @@ def _loss_and_grad_impl(params, sizes, acts, loss, x, y, grad, work, sample_weig
     zo = activation_offset(sizes, L - 1, N)
     ZL = view2d(work, zo, N, nL)
     AL = view2d(work, zo + N * nL, N, nL)
-    total = _layers.output_delta_body(loss, acts[L - 1], ZL, AL, y, ZL, sample_weight, derive_out)
+    total = _layers.output_delta_body(loss, acts[L - 1], ZL, AL, y, labels, ZL, sample_weight, derive_out)
 
     for l in range(L - 1, -1, -1):
         n_in = sizes[l]
@@ -191,6 +191,7 @@ def loss_and_grad(params, sizes, acts, loss, x, y, grad, work, sample_weight=Non
     float
         C, the (weighted) mean loss over the minibatch.
     """
+    Y, lab, sw = _layers.normalised_targets(y, sample_weight, sizes[sizes.shape[0] - 1], params)
     if _parallel_pays(x.shape[0], params.shape[0]):
-        return _loss_and_grad_parallel(params, sizes, acts, loss, x, y, grad, work, sample_weight)
-    return _loss_and_grad_serial(params, sizes, acts, loss, x, y, grad, work, sample_weight)
+        return _loss_and_grad_parallel(params, sizes, acts, loss, x, Y, lab, grad, work, sw)
+    return _loss_and_grad_serial(params, sizes, acts, loss, x, Y, lab, grad, work, sw)

@@ -19,9 +19,14 @@ LOSS_SUM, N_SEEN, N_CORRECT, N_COUNTED, DIVERGED, STEPS = range(6)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _count_correct(act, out, y):
-    """(correct, counted) of a batch: argmax for softmax outputs, 0.5 threshold for sigmoid."""
+def _count_correct(act, out, y, labels):
+    """(correct, counted) of a batch: argmax for softmax outputs, 0.5 threshold for sigmoid.
+
+    Targets as the kernels take them: ``y`` (N, n) with ``labels`` empty, or class ``labels`` (N,)
+    (standing for one-hot rows) with ``y`` of no rows.
+    """
     N, n = out.shape
+    has_labels = labels.shape[0] > 0
     correct = 0
     counted = 0
     if act == SOFTMAX:
@@ -30,8 +35,8 @@ def _count_correct(act, out, y):
             for j in range(1, n):
                 if out[r, j] > out[r, best]:
                     best = j
-            if y.ndim == 1:
-                target = y[r]
+            if has_labels:
+                target = labels[r]
             else:
                 target = 0
                 for j in range(1, n):
@@ -42,25 +47,22 @@ def _count_correct(act, out, y):
     elif act == SIGMOID:
         for r in range(N):
             for j in range(n):
-                if y.ndim == 1:
-                    t = y[r] > 0.5
-                else:
-                    t = y[r, j] > 0.5
+                t = j == labels[r] if has_labels else y[r, j] > 0.5
                 correct += (out[r, j] > 0.5) == t
                 counted += 1
     return correct, counted
 
 
 @njit(inline="always")
-def _loss_and_grad_twin(parallel, params, sizes, acts, loss, x, y, grad, work, sample_weight):
+def _loss_and_grad_twin(parallel, params, sizes, acts, loss, x, y, labels, grad, work, sample_weight):
     if parallel:
-        return _loss_and_grad_parallel(params, sizes, acts, loss, x, y, grad, work, sample_weight)
-    return _loss_and_grad_serial(params, sizes, acts, loss, x, y, grad, work, sample_weight)
+        return _loss_and_grad_parallel(params, sizes, acts, loss, x, y, labels, grad, work, sample_weight)
+    return _loss_and_grad_serial(params, sizes, acts, loss, x, y, labels, grad, work, sample_weight)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def train_epoch(params, sizes, acts, loss, x, y, perm, batch_size, opt, hp, state, t, grad, work, xb, yb, stats,
-                sample_weight=None, swb=None, min_parallel_work=PARALLEL_MIN_WORK):
+def train_epoch(params, sizes, acts, loss, x, y, labels, perm, batch_size, opt, hp, state, t, grad, work, xb, yb, lb,
+                stats, sample_weight, swb, min_parallel_work=PARALLEL_MIN_WORK):
     """Run one epoch of minibatch training in place; returns the step count t after it.
 
     For each minibatch (the rows ``perm[i*B:(i+1)*B]``, the last one partial):
@@ -71,8 +73,11 @@ def train_epoch(params, sizes, acts, loss, x, y, perm, batch_size, opt, hp, stat
 
     Parameters
     ----------
-    params, sizes, acts, loss, x, y
-        As for :func:`fastbp.cpu.loss_and_grad` (x, y: the whole training set).
+    params, sizes, acts, loss, x
+        As for :func:`fastbp.cpu.loss_and_grad` (x: the whole training set).
+    y, labels : 2-D float and 1-D int64 arrays
+        The targets of the training set: (N, n_L) targets with ``labels`` empty, or (N,) class
+        labels with ``y`` of no rows (one compiled signature per dtype for both kinds).
     perm : 1-D int64 array
         Order of the samples in this epoch; a slice of it (cut at a multiple of
         ``batch_size``) runs those minibatches only, so an epoch can run in several calls.
@@ -89,11 +94,11 @@ def train_epoch(params, sizes, acts, loss, x, y, perm, batch_size, opt, hp, stat
         Steps taken before this epoch.
     grad : 1-D float array like params
     work : workspace for ``batch_size`` samples
-    xb, yb : batch buffers shaped like ``batch_size`` rows of x and y
+    xb, yb, lb : batch buffers shaped like ``batch_size`` rows of x, y and labels
     stats : 1-D float64 array of 6
         Accumulates [loss sum, samples, correct, counted, diverged, steps].
-    sample_weight, swb : 1-D float arrays, optional
-        Per-sample weights of the training set and their batch buffer.
+    sample_weight, swb : 1-D float arrays
+        Per-sample weights of the training set and their batch buffer; both empty for none.
     min_parallel_work : int, default ``config.PARALLEL_MIN_WORK``
         The steps run the ``parallel=True`` twin of the training step when ``batch_size`` times
         the parameter count reaches this (all steps of the call, the last partial batch too),
@@ -109,6 +114,8 @@ def train_epoch(params, sizes, acts, loss, x, y, perm, batch_size, opt, hp, stat
     n_in = x.shape[1]
     first = state[:P]
     second = state[P:]
+    has_labels = labels.shape[0] > 0
+    weighted = sample_weight.shape[0] > 0
     # One twin for every step of the call, chosen by the full batch size: a smaller last batch
     # does not make the process compile the other twin too.
     par = _parallel_pays(batch_size, P, False, min_parallel_work)
@@ -118,24 +125,21 @@ def train_epoch(params, sizes, acts, loss, x, y, perm, batch_size, opt, hp, stat
             src = perm[start + r]
             for k in range(n_in):
                 xb[r, k] = x[src, k]
-            if y.ndim == 1:
-                yb[r] = y[src]
+            if has_labels:
+                lb[r] = labels[src]
             else:
                 for j in range(nL):
                     yb[r, j] = y[src, j]
-        if sample_weight is None:
-            c = _loss_and_grad_twin(par, params, sizes, acts, loss, xb[:m], yb[:m], grad, work, None)
-        else:
-            for r in range(m):
-                swb[r] = sample_weight[perm[start + r]]
-            c = _loss_and_grad_twin(par, params, sizes, acts, loss, xb[:m], yb[:m], grad, work, swb[:m])
+            if weighted:
+                swb[r] = sample_weight[src]
+        c = _loss_and_grad_twin(par, params, sizes, acts, loss, xb[:m], yb[:m], lb[:m], grad, work, swb[:m])
         norm = clip_grad_norm(grad, hp[6])
         if not (np.isfinite(c) and np.isfinite(norm)):
             stats[DIVERGED] = 1.0
             return t
         # The batch output a^L is still in the workspace after the backward pass.
         ao = activation_offset(sizes, L - 1, m) + m * nL
-        correct, counted = _count_correct(acts[L - 1], work[ao : ao + m * nL].reshape((m, nL)), yb[:m])
+        correct, counted = _count_correct(acts[L - 1], work[ao : ao + m * nL].reshape((m, nL)), yb[:m], lb[:m])
         t += 1
         if opt == 0:
             sgd_step(params, grad, first, hp[0], hp[1], hp[5] != 0, hp[4])
