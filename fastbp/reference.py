@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.special import erf
 
 from . import activations as _A
 from . import losses as _L
@@ -31,6 +30,14 @@ __all__ = [
     "weight_grad",
 ]
 
+
+
+def _erf(z):
+    """scipy.special.erf, imported on first use: importing scipy.special costs about 0.2 s, which
+    every ``import fastbp`` paid (the reference needs it for gelu only)."""
+    from scipy.special import erf
+
+    return erf(z)
 
 def _act_code(act) -> int:
     return _A.CODES[act] if isinstance(act, str) else int(act)
@@ -63,7 +70,7 @@ def activation(act, z: np.ndarray) -> np.ndarray:
     if code == _A.ELU:
         return np.where(z > 0, z, np.expm1(np.minimum(z, 0)))
     if code == _A.GELU:
-        return 0.5 * z * (1 + erf(z * (1 / math.sqrt(2))))
+        return 0.5 * z * (1 + _erf(z * (1 / math.sqrt(2))))
     if code == _A.SOFTMAX:
         e = np.exp(z - z.max(axis=-1, keepdims=True))
         return e / e.sum(axis=-1, keepdims=True)
@@ -90,7 +97,7 @@ def activation_derivative(act, z: np.ndarray) -> np.ndarray:
         return np.where(z > 0, 1, np.exp(np.minimum(z, 0))).astype(z.dtype)
     if code == _A.GELU:
         phi = (1 / math.sqrt(2 * math.pi)) * np.exp(-0.5 * z * z)
-        return 0.5 * (1 + erf(z * (1 / math.sqrt(2)))) + z * phi
+        return 0.5 * (1 + _erf(z * (1 / math.sqrt(2)))) + z * phi
     raise ValueError(f"activation {_A.NAMES[code]} has no elementwise derivative")
 
 
