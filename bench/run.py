@@ -51,6 +51,8 @@ def _median_time(fn, repeats: int, min_time: float = 0.2) -> float:
 def contender(kind: str, config: str, dtype_name: str, repeats: int) -> dict:
     import fastbp
 
+    fastbp.config.PARALLEL_COMPILE_AFTER = 0.0  # steady state: parallel twins where they pay, from the warm-up on
+
     dtype = DTYPES[dtype_name]
     if kind == "peak":
         n = 2048

@@ -20,6 +20,8 @@ from fastbp import reference as R
 
 from .configs import CONFIGS, problem
 
+fastbp.config.PARALLEL_COMPILE_AFTER = 0.0  # steady state: parallel twins where they pay, from the warm-up on
+
 SLOW = {"large"}
 PARAMS = [pytest.param(c, marks=pytest.mark.slow) if c in SLOW else c for c in CONFIGS]
 

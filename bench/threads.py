@@ -63,6 +63,8 @@ def _measure(net, x, y, call: str, n_threads: int, seconds: float) -> float:
 
 def child(batch: int, call: str, seconds: float) -> dict:
     import fastbp
+
+    fastbp.config.PARALLEL_COMPILE_AFTER = 0.0  # steady state: parallel twins where they pay, from the warm-up on
     from bench.configs import CONFIGS
 
     sizes, _, acts, loss = CONFIGS["medium"]

@@ -23,6 +23,13 @@ FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
 #: microseconds to wake, so small calls stay serial.
 PARALLEL_MIN_WORK = 1 << 18
 
+#: Seconds the serial twin of a whole-network kernel runs, in ``MLP`` calls where its parallel
+#: twin would pay, before a process compiles that parallel twin (:mod:`fastbp._tiers`).  A
+#: parallel twin already compiled or in the disk cache runs at once.  About what compiling the
+#: parallel training step costs here (12-16 s): a short script never pays for it, a long run
+#: switches after at most this much slower work.  0 compiles it at the first call that pays.
+PARALLEL_COMPILE_AFTER = 10.0
+
 #: The same cut-over for calls from any thread but the main one.  Under the OpenMP threading
 #: layer a parallel region opened from another thread costs some 50-100 us more (measured
 #: here: a medium-network training step at batch 32 took 0.38 ms serial, 0.21 ms parallel from

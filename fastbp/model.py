@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
+import time
 import zipfile
 from collections.abc import Sequence
 
@@ -31,6 +32,7 @@ from . import losses as _L
 from . import reference as _ref
 from ._resources import ResourceError, check_fits
 from ._threads import GATE, min_parallel_work
+from ._tiers import TIERS
 from ._validation import (
     _all_finite,
     _bounds,
@@ -457,8 +459,9 @@ class MLP:
     def _run_twin(self, serial, parallel, n: int, n_params: int, forward_only: bool, *args):
         """Run the serial or the parallel twin of a whole-network kernel on ``n`` rows.
 
-        The parallel twin runs only where it pays and no other thread is inside a compiled model
-        call (:mod:`fastbp._threads`).  Below the cut-over every caller runs serial, whatever the
+        The parallel twin runs only where it pays, no other thread is inside a compiled model
+        call (:mod:`fastbp._threads`), and it is compiled or cached, or the serial one has run
+        long enough to pay for compiling it (:mod:`fastbp._tiers`).  Below the cut-over every caller runs serial, whatever the
         other threads do, so such a call does not register with the gate (1-2 µs saved).
         """
         net = _cpu().network
@@ -466,8 +469,16 @@ class MLP:
             return serial(*args)
         alone = GATE.enter()
         try:
-            par = net.parallel_pays(n, n_params, forward_only, min_parallel_work(alone))
-            return (parallel if par else serial)(*args)
+            if not net.parallel_pays(n, n_params, forward_only, min_parallel_work(alone)):
+                return serial(*args)
+            if TIERS.ready(parallel, self.dtype, args):
+                return parallel(*args)
+            # Not compiled yet, and the serial twin has not yet run long enough to pay for it.
+            t0 = time.perf_counter()
+            try:
+                return serial(*args)
+            finally:
+                TIERS.charge(parallel, self.dtype, time.perf_counter() - t0)
         finally:
             GATE.leave()
 

@@ -23,6 +23,7 @@ import numpy as np
 from . import config as _config
 from . import optim as _optim
 from ._threads import GATE, min_parallel_work
+from ._tiers import TIERS
 from ._validation import _all_finite, as_array, check_int
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -256,20 +257,29 @@ def _fit_cpu(net, xa, ya, sw, val, opt, lrs, batch_size, shuffle, rng, clip, pat
             hp[0] = lrs[epoch]
             stats = np.zeros(6)
             t_epoch = t
-            # One twin for the epoch (a copy of train_epoch bound to it: the other is never compiled).
+            # One twin for the epoch (a copy of train_epoch bound to it: the other is never compiled);
+            # the parallel one where it pays and once it is ready (compiled, cached, or paid for).
             min_work = min_parallel_work(GATE.alone())
-            run = train_epoch_parallel if parallel_pays(B, net.n_params, False, min_work) else train_epoch_serial
+
+            args = [net.params, net._sizes_arr, net._acts_arr, net._loss_code, xa, yk, lab, perm[:rows], B,
+                    opt.code, hp, state, t_epoch, grad, work, xb, yb, lb, stats, sw, swb, min_work]
+            want = parallel_pays(B, net.n_params, False, min_work)
+            par = want and TIERS.ready(train_epoch_parallel, net.dtype, args)
+            run = train_epoch_parallel if par else train_epoch_serial
+            t_run = time.perf_counter()
             try:
                 for start in range(0, n, rows):
-                    run(net.params, net._sizes_arr, net._acts_arr, net._loss_code, xa, yk, lab,
-                        perm[start : start + rows], B, opt.code, hp, state, t_epoch + int(stats[STEPS]), grad, work,
-                        xb, yb, lb, stats, sw, swb, min_work)
+                    args[7] = perm[start : start + rows]  # this slice of the epoch's minibatches
+                    args[12] = t_epoch + int(stats[STEPS])  # steps taken before it
+                    run(*args)
                     if stats[DIVERGED]:
                         break
                     check_interrupt()
             finally:
                 # The compiled loop counts the steps it completed: θ, the state and t agree.
                 t = net._opt_t = t_epoch + int(stats[STEPS])
+                if want and not par:
+                    TIERS.charge(train_epoch_parallel, net.dtype, time.perf_counter() - t_run)
             if stats[DIVERGED]:
                 raise FloatingPointError(
                     f"fit: the loss or gradient became non-finite in epoch {epoch}; params hold the last finite "

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import fastbp
+
 # Relative tolerances of a compiled kernel against the NumPy reference: both round
 # differently (summation order, FMA), never by more than a few ulps per term.
 RTOL = {np.float32: 2e-5, np.float64: 1e-12}
@@ -39,3 +41,9 @@ def random_problem(rng, sizes, n, dtype, labels=False, loss="mse"):
         if loss == "cross_entropy":
             y /= y.sum(axis=1, keepdims=True)
     return x, y
+
+
+# The suite checks both twins of every whole-network kernel through the model: compile a parallel
+# twin at the first call where it pays, as a warm cache would give it (tiered compilation, which
+# runs the serial twin first in a cold process, is tested by tests/test_tiers.py).
+fastbp.config.PARALLEL_COMPILE_AFTER = 0.0

@@ -24,8 +24,8 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from ..activations import activate_and_derive_rows, activate_rows, scale_by_derivative_rows
 from .._math import _single
+from ..activations import activate_and_derive_rows, activate_rows, scale_by_derivative_rows
 from ..config import FASTMATH
 from ..losses import output_delta_at
 
