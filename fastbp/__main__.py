@@ -157,15 +157,14 @@ def _compile_task(dtype_name: str, task: str, ykind: str | None, weights: bool) 
         for twin in (network._forward_serial, network._forward_parallel):
             twin(*args, x, out, work)
     elif task == "loss_and_grad":
-        yk, lab = net._kernel_targets(y)
+        yk, lab, swk = net._kernel_targets(y, sw)
         for twin in (network._loss_and_grad_serial, network._loss_and_grad_parallel):
-            twin(*args, net._loss_code, x, yk, lab, grad, work, net._no_weights if sw is None else sw)
+            twin(*args, net._loss_code, x, yk, lab, grad, work, swk)
         (_validation._label_bounds if ykind == "labels" else _validation._bounds)(y)
     elif task == "train_epoch":
         net.fit(x, y, epochs=1, batch_size=N, verbose=False, sample_weight=sw)
         state = np.zeros(2 * net.n_params, dtype)
-        yk, lab = net._kernel_targets(y)
-        sw = net._no_weights if sw is None else sw
+        yk, lab, sw = net._kernel_targets(y, sw)
         xb, yb, lb, swb = np.empty_like(x), np.empty_like(yk), np.empty_like(lab), np.empty_like(sw)
         hp = np.array([1e-3, 0.9, 0.999, 1e-8, 0.0, 0.0, 0.0])
         for run in (train.train_epoch_serial, train.train_epoch_parallel):  # what fit runs, both twins
@@ -174,8 +173,8 @@ def _compile_task(dtype_name: str, task: str, ykind: str | None, weights: bool) 
     else:  # evaluate
         net.evaluate(x, y)
         zL = np.empty((N, sizes[-1]), dtype)
-        _layers.output_delta_body(net._loss_code, net._acts_arr[-1], zL, zL.copy(), *net._kernel_targets(y), zL,
-                                  net._no_weights, False)
+        yk, lab, swk = net._kernel_targets(y)
+        _layers.output_delta_body(net._loss_code, net._acts_arr[-1], zL, zL.copy(), yk, lab, zL, swk, False)
     what = f"{dtype_name} {task}" + (f", {ykind}" if ykind else "") + (", sample_weight" if weights else "")
     return what, time.perf_counter() - t0
 

@@ -63,12 +63,6 @@ class Tiers:
         with self._lock:
             self._serial_seconds[key] = self._serial_seconds.get(key, 0.0) + seconds
 
-    def reset(self) -> None:
-        """Forget what was counted and probed (tests)."""
-        with self._lock:
-            self._ready.clear()
-            self._serial_seconds.clear()
-
 
 def _compiled_or_cached(dispatcher, args) -> bool:
     """Whether ``dispatcher`` has machine code for ``args`` in memory or in its disk cache (loading

@@ -436,9 +436,8 @@ class MLP:
             zo = workspace_size(self.sizes, n) - 2 * n * nL  # z^L, then a^L
             zL = work[zo : zo + n * nL].reshape(n, nL)
             aL = work[zo + n * nL : zo + 2 * n * nL].reshape(n, nL)
-            yk, lab = self._kernel_targets(ya)
-            c = _cpu()._layers.output_delta_body(self._loss_code, self._acts_arr[-1], zL, aL, yk, lab, zL,
-                                                 self._no_weights, False)
+            yk, lab, sw = self._kernel_targets(ya)
+            c = _cpu()._layers.output_delta_body(self._loss_code, self._acts_arr[-1], zL, aL, yk, lab, zL, sw, False)
             return float(c), out
         # A large set in chunks: C is the mean of the chunk means weighted by their rows.
         out = np.empty((n, nL), dtype=self.dtype)
@@ -461,7 +460,8 @@ class MLP:
 
         The parallel twin runs only where it pays, no other thread is inside a compiled model
         call (:mod:`fastbp._threads`), and it is compiled or cached, or the serial one has run
-        long enough to pay for compiling it (:mod:`fastbp._tiers`).  Below the cut-over every caller runs serial, whatever the
+        long enough to pay for compiling it (:mod:`fastbp._tiers`).  Below the cut-over every
+        caller runs serial, whatever the
         other threads do, so such a call does not register with the gate (1-2 µs saved).
         """
         net = _cpu().network
@@ -489,22 +489,23 @@ class MLP:
         self._run_twin(net._forward_serial, net._forward_parallel, n, self._params.shape[0], True,
                        self._params, self._sizes_arr, self._acts_arr, xa, out, self._workspace(n))
 
-    def _kernel_targets(self, ya: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(targets, labels) of checked ``ya`` in the one form the kernels are compiled for: (N, nL)
-        targets with no labels, or (N,) labels with targets of no rows (one signature per dtype)."""
+    def _kernel_targets(self, ya: np.ndarray, sw: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+        """(targets, labels, weights) of checked ``ya`` and ``sw`` in the one form the kernels are
+        compiled for (one signature per dtype): (N, nL) targets with no labels, or (N,) labels with
+        targets of no rows; weights, or an empty vector for none."""
+        weights = self._no_weights if sw is None else sw
         if ya.ndim == 1:
-            return self._no_targets, ya
-        return ya, _NO_LABELS
+            return self._no_targets, ya, weights
+        return ya, _NO_LABELS, weights
 
     def _cpu_loss_and_grad(self, theta, xa, ya, grad, sw=None) -> tuple[float, np.ndarray]:
         """(C, this thread's workspace) at θ = ``theta`` of checked arrays; ∂C/∂θ into ``grad``."""
         net = _cpu().network
         n = xa.shape[0]
         work = self._workspace(n)
-        yk, lab = self._kernel_targets(ya)
+        yk, lab, swk = self._kernel_targets(ya, sw)
         c = self._run_twin(net._loss_and_grad_serial, net._loss_and_grad_parallel, n, theta.shape[0], False,
-                           theta, self._sizes_arr, self._acts_arr, self._loss_code, xa, yk, lab, grad, work,
-                           self._no_weights if sw is None else sw)
+                           theta, self._sizes_arr, self._acts_arr, self._loss_code, xa, yk, lab, grad, work, swk)
         return float(c), work
 
     def _loss_and_grad_at(self, theta: np.ndarray, xa, ya, sw, grad: np.ndarray) -> float:

@@ -97,7 +97,8 @@ def evaluate(net: MLP, x: np.ndarray, y: np.ndarray) -> tuple[float, float | Non
     loss, out = net._loss_checked(x, y)
     if not _is_classifier(net):
         return loss, None
-    correct, counted = _count_correct(net._acts_arr[-1], out, *net._kernel_targets(y))
+    yk, lab, _ = net._kernel_targets(y)
+    correct, counted = _count_correct(net._acts_arr[-1], out, yk, lab)
     return loss, correct / counted
 
 
@@ -240,8 +241,7 @@ def _fit_cpu(net, xa, ya, sw, val, opt, lrs, batch_size, shuffle, rng, clip, pat
     grad = np.empty_like(net.params)
     work = net._workspace(B)
     # Targets, labels and weights in the one form the compiled loop takes (empty where absent).
-    yk, lab = net._kernel_targets(ya)
-    sw = net._no_weights if sw is None else sw
+    yk, lab, sw = net._kernel_targets(ya, sw)
     xb = np.empty((B, xa.shape[1]), net.dtype)
     yb = np.empty((min(B, yk.shape[0]), yk.shape[1]), net.dtype)
     lb = np.empty(min(B, lab.shape[0]), np.int64)

@@ -164,6 +164,7 @@ def weight_bias_grad_small_in(delta, a_prev, gW, gb, gT):
             gW[j, k] = gT[k, j]
 
 
+# BP1 is O(N n_L) and serial: an ordinary function, compiled once per dtype.
 @njit(cache=True, fastmath=FASTMATH)
 def output_delta_body(loss, act, z, a, y, labels, delta, sample_weight, z_is_derivative=False):
     """BP1 over the batch; returns C.
@@ -236,9 +237,6 @@ def _normalised_targets(y, sample_weight, n_out, like):
         return Y, lab, sw
 
     return impl
-
-
-# BP1 is O(N n_L) and serial: an ordinary function, compiled once per dtype.
 
 
 @_inline
