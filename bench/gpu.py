@@ -197,7 +197,7 @@ def run_config(name, args, results, lines):
     net = fastbp.MLP(sizes, acts, loss, dtype=np.float32, seed=0, backend="cuda")
     P = net.n_params
     dt = "float32"
-    acts_c = tuple(int(a) for a in net._acts_arr)
+    acts_c = tuple(int(a) for a in net.spec.activations)
     labels = 1 if y.ndim == 1 else 0
     dp = cuda.to_device(net.params)
     dx = cuda.to_device(x)
@@ -214,7 +214,7 @@ def run_config(name, args, results, lines):
     # ---- correctness ----------------------------------------------------------------------
     p64 = net.params.astype(np.float64)
     Cr, gr = ref.loss_and_grad(
-        p64, sizes, net._acts_arr, loss, x.astype(np.float64), y if labels else y.astype(np.float64)
+        p64, sizes, net.spec.activations, loss, x.astype(np.float64), y if labels else y.astype(np.float64)
     )
     paths = ["layered"] + (["fused"] if eligible else [])
     for path in paths:
@@ -223,7 +223,7 @@ def run_config(name, args, results, lines):
             dp,
             sizes,
             acts_c,
-            net._loss_code,
+            net.spec.loss,
             dx,
             dy if not labels else dy,
             g,
@@ -243,14 +243,14 @@ def run_config(name, args, results, lines):
         def f():
             if fused:
                 pass  # the optimizer zeroes the gradient the fused kernel accumulates into
-            cn.step_loss_and_grad(dp, sizes, acts_c, net._loss_code, dx, dy, g, work, scratch, labels, None, 0.0, fused)
+            cn.step_loss_and_grad(dp, sizes, acts_c, net.spec.loss, dx, dy, g, work, scratch, labels, None, 0.0, fused)
             cn.optimizer_step(0, dp, g, vel, vel, 1, [1e-6, 0.0, 0, 0, 0.0, 0.0], 1)
 
         return f
 
     def our_grad(fused):
         return lambda: cn.step_loss_and_grad(
-            dp, sizes, acts_c, net._loss_code, dx, dy, g, work, scratch, labels, None, 0.0, fused
+            dp, sizes, acts_c, net.spec.loss, dx, dy, g, work, scratch, labels, None, 0.0, fused
         )
 
     dpar = cuda.to_device(net.params)
@@ -295,7 +295,7 @@ def run_config(name, args, results, lines):
     rk = _kernels.row_kernels(dt)
     r["ours_kernel_bp1_s"] = cuda_time(
         lambda: rk.output_delta[N, _kernels.ROW_THREADS](
-            work, zL, N, nL, acts_c[-1], net._loss_code, dy, labels, cn._dummy(dt, 1), 0.0, scratch, 1
+            work, zL, N, nL, acts_c[-1], net.spec.loss, dy, labels, cn._dummy(dt, 1), 0.0, scratch, 1
         ),
         args.repeats,
     )
@@ -324,11 +324,11 @@ def run_config(name, args, results, lines):
         p32 = net.params.copy()
 
         def np_step():
-            c, gg = ref.loss_and_grad(p32, sizes, net._acts_arr, loss, x, y)
+            c, gg = ref.loss_and_grad(p32, sizes, net.spec.activations, loss, x, y)
             p32[...] -= np.float32(1e-6) * gg
 
         r["numpy_step_s"] = host_time(np_step, 3 if N * P > 1e8 else 7)
-        r["numpy_forward_s"] = host_time(lambda: ref.forward(p32, sizes, net._acts_arr, x), 5)
+        r["numpy_forward_s"] = host_time(lambda: ref.forward(p32, sizes, net.spec.activations, x), 5)
 
     # ---- PyTorch ------------------------------------------------------------------------------
     try:
@@ -405,7 +405,7 @@ def fused_sweep(args, results):
 
     sizes, N, acts, loss, x, y = problem("narrow")
     net = fastbp.MLP(sizes, acts, loss, dtype=np.float32, seed=0, backend="cuda")
-    acts_c = tuple(int(a) for a in net._acts_arr)
+    acts_c = tuple(int(a) for a in net.spec.activations)
     dp, dx, dy = cuda.to_device(net.params), cuda.to_device(x), cuda.to_device(y)
     g = cuda.device_array(net.n_params, np.float32)
     work = cuda.device_array(1, np.float32)
@@ -415,7 +415,7 @@ def fused_sweep(args, results):
         cn.FUSED_BLOCKS_PER_SM = bps
         tt = cuda_time(
             lambda: cn.step_loss_and_grad(
-                dp, sizes, acts_c, net._loss_code, dx, dy, g, work, scratch, 0, None, 0.0, True
+                dp, sizes, acts_c, net.spec.loss, dx, dy, g, work, scratch, 0, None, 0.0, True
             ),
             args.repeats,
         )
@@ -436,7 +436,7 @@ def tile_sweep(args, results):
 
     sizes, N, acts, loss, x, y = problem("large")
     net = fastbp.MLP(sizes, acts, loss, dtype=np.float32, seed=0, backend="cuda")
-    acts_c = tuple(int(a) for a in net._acts_arr)
+    acts_c = tuple(int(a) for a in net.spec.activations)
     dp, dx, dy = cuda.to_device(net.params), cuda.to_device(x), cuda.to_device(y)
     g = cuda.device_array(net.n_params, np.float32)
     work = cuda.device_array(fastbp.workspace_size(sizes, N), np.float32)
@@ -444,14 +444,14 @@ def tile_sweep(args, results):
     sweep = {}
     for tile in TILES:
         try:
-            cn.GEMM_TILE = tile
+            fastbp.config.CUDA_GEMM_TILE = tile
             t0 = time.perf_counter()
-            cn.step_loss_and_grad(dp, sizes, acts_c, net._loss_code, dx, dy, g, work, scratch, 0, None, 0.0, False)
+            cn.step_loss_and_grad(dp, sizes, acts_c, net.spec.loss, dx, dy, g, work, scratch, 0, None, 0.0, False)
             cuda.synchronize()
             comp = time.perf_counter() - t0
             tt = cuda_time(
                 lambda: cn.step_loss_and_grad(
-                    dp, sizes, acts_c, net._loss_code, dx, dy, g, work, scratch, 0, None, 0.0, False
+                    dp, sizes, acts_c, net.spec.loss, dx, dy, g, work, scratch, 0, None, 0.0, False
                 ),
                 args.repeats,
             )
@@ -469,7 +469,7 @@ def tile_sweep(args, results):
             print("tile", tile, "failed", repr(e)[-600:], flush=True)
     ok = {k: v for k, v in sweep.items() if "grad_s" in v}
     best = min(ok, key=lambda k: ok[k]["grad_s"]) if ok else str(TILES[0])
-    cn.GEMM_TILE = eval(best)  # noqa: S307 - our own tuple repr
+    fastbp.config.CUDA_GEMM_TILE = eval(best)  # noqa: S307 - our own tuple repr
     results["tile_sweep"] = sweep
     results["tile_best"] = best
     return best

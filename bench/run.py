@@ -70,7 +70,7 @@ def contender(kind: str, config: str, dtype_name: str, repeats: int) -> dict:
         ref = fastbp.reference
 
         def step():
-            _, g = ref.loss_and_grad(net.params, net.sizes, net._acts_arr, net._loss_code, x, y)
+            _, g = ref.loss_and_grad(net.params, net.sizes, net.spec.activations, net.spec.loss, x, y)
             net.params -= lr * g
 
         return {"time": _median_time(step, repeats)}
@@ -98,7 +98,7 @@ def contender(kind: str, config: str, dtype_name: str, repeats: int) -> dict:
         work = np.empty(fastbp.workspace_size(net.sizes, x.shape[0]), dtype)
         vel = np.zeros_like(net.params)
         steps = 100
-        t = _median_time(lambda: loop(net.params, net._sizes_arr, net._acts_arr, net._loss_code, x, y, g, work, vel,
+        t = _median_time(lambda: loop(net.params, net.spec.sizes, net.spec.activations, net.spec.loss, x, y, g, work, vel,
                                       steps), repeats)
         return {"time": t / steps}
     if kind == "torch":

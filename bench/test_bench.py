@@ -38,7 +38,7 @@ def _sgd_step_fastbp(net, x, y, g):
 
 
 def _sgd_step_numpy(net, x, y):
-    _, g = R.loss_and_grad(net.params, net.sizes, net._acts_arr, net._loss_code, x, y)
+    _, g = R.loss_and_grad(net.params, net.sizes, net.spec.activations, net.spec.loss, x, y)
     net.params -= net.dtype.type(1e-3) * g
 
 
@@ -65,7 +65,7 @@ def test_kernels(benchmark, config):
     W, b = net.weights[0], net.biases[0]
     z = np.empty((x.shape[0], W.shape[0]), np.float32)
     a = np.empty_like(z)
-    act = net._acts_arr[0]
+    act = net.spec.activations[0]
     cpu.linear_forward(W, b, x, act, z, a)
     np.testing.assert_allclose(a, R.linear_forward(W, b, x, act)[1], rtol=1e-4, atol=1e-4)
     benchmark.group = f"linear_forward|{config}"

@@ -82,7 +82,7 @@ def run_numpy(repeats: int) -> dict:
         net = fastbp.MLP([64, 128, 64, 10], ["relu", "relu", "softmax"], "cross_entropy", init="he", seed=r,
                          backend="numpy")
         t = time.perf_counter()
-        net.params[...] = numpy_adam_training(net.sizes, net._acts_arr, "cross_entropy", net.params, xtr, ytr,
+        net.params[...] = numpy_adam_training(net.sizes, net.spec.activations, "cross_entropy", net.params, xtr, ytr,
                                               EPOCHS, BATCH, LR, r)
         times.append(time.perf_counter() - t)
         accs.append(net.evaluate(xte, yte)["accuracy"])

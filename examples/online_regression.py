@@ -50,7 +50,7 @@ def simulate_and_learn(params, sizes, acts, loss, steps, lr, seed):
 
 def main(steps: int = 3000, verbose: bool = True) -> np.ndarray:
     net = fastbp.MLP([2, 16, 2], ["tanh", "identity"], "mse", dtype=np.float64, seed=0)
-    losses = simulate_and_learn(net.params, net._sizes_arr, net._acts_arr, fastbp.losses.MSE, steps, 1e-3, 0)
+    losses = simulate_and_learn(net.params, net.spec.sizes, net.spec.activations, fastbp.losses.MSE, steps, 1e-3, 0)
     if verbose:
         k = steps // 10
         print(f"mean loss, first {k} steps: {losses[:k].mean():.5f}; last {k} steps: {losses[-k:].mean():.5f}")

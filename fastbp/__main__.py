@@ -106,7 +106,7 @@ def digits_demo(epochs: int = 30, dtype=np.float32) -> int:
     test = net.evaluate(xte, yte)
 
     t = time.perf_counter()
-    ref_params = numpy_adam_training(net.sizes, net._acts_arr, "cross_entropy", p0, xtr, ytr, epochs, 32, 1e-3, 0)
+    ref_params = numpy_adam_training(net.sizes, net.spec.activations, "cross_entropy", p0, xtr, ytr, epochs, 32, 1e-3, 0)
     ref_s = time.perf_counter() - t
     ref_net = fastbp.MLP(sizes, acts, "cross_entropy", dtype=dtype, backend="numpy")
     ref_net.params[...] = ref_params
@@ -140,6 +140,7 @@ def _compile_task(dtype_name: str, task: str, ykind: str | None, weights: bool) 
     import fastbp
     from fastbp import _validation
     from fastbp.cpu import _layers, network, train
+    from fastbp.optim import Adam, hyper_vector
 
     dtype = np.dtype(dtype_name)
     sizes, N = [3, 5, 2], 4
@@ -147,7 +148,7 @@ def _compile_task(dtype_name: str, task: str, ykind: str | None, weights: bool) 
     x = np.ones((N, sizes[0]), dtype)
     y = np.zeros(N, np.int64) if ykind == "labels" else np.full((N, sizes[-1]), 0.5, dtype)
     sw = np.ones(N, dtype) if weights else None
-    args = (net.params, net._sizes_arr, net._acts_arr)
+    args = (net.params, net.spec.sizes, net.spec.activations)
     work = np.empty(fastbp.workspace_size(sizes, N), dtype)
     grad = np.empty_like(net.params)
     _validation._all_finite(x)
@@ -157,24 +158,24 @@ def _compile_task(dtype_name: str, task: str, ykind: str | None, weights: bool) 
         for twin in (network._forward_serial, network._forward_parallel):
             twin(*args, x, out, work)
     elif task == "loss_and_grad":
-        yk, lab, swk = net._kernel_targets(y, sw)
+        yk, lab, swk = net._backend.kernel_targets(y, sw)
         for twin in (network._loss_and_grad_serial, network._loss_and_grad_parallel):
-            twin(*args, net._loss_code, x, yk, lab, grad, work, swk)
+            twin(*args, net.spec.loss, x, yk, lab, grad, work, swk)
         (_validation._label_bounds if ykind == "labels" else _validation._bounds)(y)
     elif task == "train_epoch":
         net.fit(x, y, epochs=1, batch_size=N, verbose=False, sample_weight=sw)
         state = np.zeros(2 * net.n_params, dtype)
-        yk, lab, sw = net._kernel_targets(y, sw)
+        yk, lab, sw = net._backend.kernel_targets(y, sw)
         xb, yb, lb, swb = np.empty_like(x), np.empty_like(yk), np.empty_like(lab), np.empty_like(sw)
-        hp = np.array([1e-3, 0.9, 0.999, 1e-8, 0.0, 0.0, 0.0])
+        hp = hyper_vector(Adam(), 1e-3, 0.0)
         for run in (train.train_epoch_serial, train.train_epoch_parallel):  # what fit runs, both twins
-            run(*args, net._loss_code, x, yk, lab, np.arange(N), N, 1, hp, state, 0, grad, work, xb, yb, lb,
+            run(*args, net.spec.loss, x, yk, lab, np.arange(N), N, 1, hp, state, 0, grad, work, xb, yb, lb,
                 np.zeros(6), sw, swb, 0)
     else:  # evaluate
         net.evaluate(x, y)
         zL = np.empty((N, sizes[-1]), dtype)
-        yk, lab, swk = net._kernel_targets(y)
-        _layers.output_delta_body(net._loss_code, net._acts_arr[-1], zL, zL.copy(), yk, lab, zL, swk, False)
+        yk, lab, swk = net._backend.kernel_targets(y)
+        _layers.output_delta_body(net.spec.loss, net.spec.activations[-1], zL, zL.copy(), yk, lab, zL, swk, False)
     what = f"{dtype_name} {task}" + (f", {ykind}" if ykind else "") + (", sample_weight" if weights else "")
     return what, time.perf_counter() - t0
 

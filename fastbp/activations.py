@@ -32,7 +32,6 @@ __all__ = [
     "SOFTMAX",
     "SOFTPLUS",
     "TANH",
-    "activate_and_derive_row",
     "activate_and_derive_rows",
     "activate_row",
     "activate_rows",
@@ -267,15 +266,6 @@ def activate_and_derive_rows(code, z, a, r0, r1):
                 zi = z[r, i]
                 a[r, i] = value(code, zi)
                 z[r, i] = derivative(code, zi)
-
-
-@_rows
-def activate_and_derive_row(code, z, a):
-    """a = σ(z) and, in place of z, s = σ'(z), over one row (elementwise activations only).
-
-    See :func:`activate_and_derive_rows`.
-    """
-    activate_and_derive_rows(code, z[None, :], a[None, :], 0, 1)
 
 
 @_rows

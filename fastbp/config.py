@@ -1,7 +1,9 @@
-"""Tunables of fastbp's compiled kernels, in one place.
+"""Tunables of fastbp's compiled kernels, in one place: the cpu backend's, then the cuda one's.
 
-Every kernel takes its compilation flags and size thresholds from here, so
-that they can be measured and changed without touching the kernels.
+Every kernel takes its compilation flags, size thresholds and launch shapes from here, so
+that they can be measured and changed without touching the kernels.  Values that compiled
+code reads are frozen into it when it compiles (and are part of the disk cache's key, see
+:mod:`fastbp._cache`); the others are read at each call.
 """
 
 from __future__ import annotations
@@ -57,6 +59,34 @@ MAX_WORKSPACE_BYTES = 64 << 20
 #: loop from ``MLP.fit``: an epoch runs in slices of whole minibatches of about this much work
 #: (some 0.1 s here), and a Ctrl-C is honoured between two slices, at a step boundary.
 INTERRUPT_WORK = 1 << 28
+
+# -- the cuda backend ------------------------------------------------------------------------------
+
+#: Whether CUDA code runs on Numba's simulator (every GPU thread a Python thread): the launch
+#: shapes below shrink there so that tests stay fast; the code is the same.
+CUDA_SIMULATOR = bool(getattr(numba.config, "ENABLE_CUDASIM", 0))
+
+#: Tile shape (BM, BN, BK, TM, TN) of the tiled product of the layered path (read per call).
+CUDA_GEMM_TILE = (16, 16, 8, 4, 4) if CUDA_SIMULATOR else (64, 64, 16, 4, 4)
+
+#: Blocks a BP3 product should fill before it is split along k (None: two per multiprocessor;
+#: read per call).
+CUDA_SPLIT_K_TARGET_BLOCKS = None
+
+#: Blocks per multiprocessor of the fused kernel's grid (read per call).
+CUDA_FUSED_BLOCKS_PER_SM = 4
+
+#: Widest layer that the fully fused one-launch kernel serves, its threads per block and the
+#: shared memory (bytes) it may use per block (frozen into the generated kernels).
+CUDA_FUSED_MAX_WIDTH = 64
+CUDA_FUSED_THREADS = 128
+CUDA_FUSED_SHARED_BYTES = 46 * 1024
+
+#: Threads per block of the per-sample (BP1) kernel (a power of two) and of elementwise kernels
+#: (frozen into the kernels).
+CUDA_ROW_THREADS = 8 if CUDA_SIMULATOR else 64
+CUDA_ELEMENT_THREADS = 32 if CUDA_SIMULATOR else 256
+
 
 #: Threading layers in order of preference.  OpenMP opens a parallel region in
 #: about 2 us on the reference machine, TBB in about 5 us and workqueue in

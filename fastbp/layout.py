@@ -7,6 +7,9 @@ The workspace of the whole-network kernels holds, for every layer l, the
 weighted inputs z^l and the activations a^l of the minibatch, each (N, n_l)
 row-major, one after the other: [z^1, a^1, z^2, a^2, ...].  The backward pass
 reuses them for δ, so no other buffer is needed.
+
+:class:`NetworkSpec` bundles what the kernels need to know of a network besides θ: its widths,
+activation codes, loss code and dtype, with the offsets of the θ layout.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from numba.extending import intrinsic
 from numba.np.arrayobj import make_array, populate_array
 
 __all__ = [
-    "bias_offset",
+    "NetworkSpec",
     "n_params",
     "split_params",
     "weight_offset",
@@ -34,12 +37,6 @@ def weight_offset(sizes, layer):
     for i in range(layer):
         off += sizes[i + 1] * sizes[i] + sizes[i + 1]
     return off
-
-
-@njit(cache=True)
-def bias_offset(sizes, layer):
-    """Offset of b^{layer+1} (0-based ``layer``) in θ."""
-    return weight_offset(sizes, layer) + sizes[layer + 1] * sizes[layer]
 
 
 @njit(cache=True)
@@ -126,3 +123,126 @@ def split_params(params: np.ndarray, sizes) -> tuple[tuple[np.ndarray, ...], tup
         bs.append(params[off : off + n_out])
         off += n_out
     return tuple(ws), tuple(bs)
+
+
+def _frozen(values) -> np.ndarray:
+    a = np.array(values, dtype=np.int64)
+    a.flags.writeable = False
+    return a
+
+
+class NetworkSpec:
+    """What the kernels need to know of a network besides θ: immutable, hashable.
+
+    ``net.spec`` gives a model's.  Its arrays are the arguments of the whole-network kernels::
+
+        spec = net.spec
+        fastbp.cpu.loss_and_grad(params, spec.sizes, spec.activations, spec.loss, x, y, grad, work)
+        fastbp.cpu.forward(params, spec.sizes, spec.activations, x, out, work)
+
+    Parameters
+    ----------
+    sizes : sequence of int
+        Layer widths [n0, ..., nL].
+    activations : str or sequence of str
+        One activation name for every layer, or one per layer.
+    loss : str
+        Loss name (``fastbp.losses.NAMES``); it must suit the output activation.
+    dtype : np.float32 or np.float64
+
+    Attributes
+    ----------
+    sizes : read-only int64 ndarray
+        [n0, ..., nL].
+    activations : read-only int64 ndarray
+        Activation code of each of the L layers (``fastbp.activations.CODES``).
+    loss : int
+        Loss code (``fastbp.losses.CODES``).
+    dtype : numpy.dtype
+    activation_names : tuple of str
+    loss_name : str
+    n_layers : int
+        L.
+    n_params : int
+        Length of θ.
+    weight_offsets, bias_offsets : tuple of int
+        Where W^l and b^l start in θ (0-based layer index).
+    """
+
+    __slots__ = ("_sizes", "_acts", "_loss", "_dtype", "_act_names", "_loss_name", "_wo", "_bo", "_P")
+
+    def __init__(self, sizes, activations, loss, dtype):
+        from . import activations as _A
+        from . import losses as _L
+        from ._validation import check_activations, check_dtype, check_loss, check_sizes
+
+        widths = check_sizes(sizes)
+        names = check_activations(activations, len(widths) - 1)
+        set_ = object.__setattr__
+        set_(self, "_loss_name", check_loss(loss, names[-1]))
+        set_(self, "_dtype", check_dtype(dtype))
+        set_(self, "_sizes", _frozen(widths))
+        set_(self, "_acts", _frozen([_A.CODES[a] for a in names]))
+        set_(self, "_loss", _L.CODES[self._loss_name])
+        set_(self, "_act_names", names)
+        wo, bo, off = [], [], 0
+        for n_in, n_out in zip(widths[:-1], widths[1:], strict=True):
+            wo.append(off)
+            bo.append(off + n_out * n_in)
+            off += n_out * n_in + n_out
+        set_(self, "_wo", tuple(wo))
+        set_(self, "_bo", tuple(bo))
+        set_(self, "_P", off)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"NetworkSpec is immutable (cannot set {name!r})")
+
+    sizes = property(lambda self: self._sizes, doc="Layer widths [n0, ..., nL] (read-only int64 array).")
+    activations = property(lambda self: self._acts, doc="Activation codes, one per layer (read-only int64).")
+    loss = property(lambda self: self._loss, doc="Loss code.")
+    dtype = property(lambda self: self._dtype, doc="Floating-point dtype of θ, activations and gradients.")
+    activation_names = property(lambda self: self._act_names, doc="Activation names, one per layer.")
+    loss_name = property(lambda self: self._loss_name, doc="Loss name.")
+    n_params = property(lambda self: self._P, doc="Length of θ.")
+    weight_offsets = property(lambda self: self._wo, doc="Offset of W^l in θ for each layer.")
+    bias_offsets = property(lambda self: self._bo, doc="Offset of b^l in θ for each layer.")
+
+    @property
+    def n_layers(self) -> int:
+        """L, the number of layers with parameters."""
+        return len(self._act_names)
+
+    @property
+    def is_classifier(self) -> bool:
+        """Softmax + cross-entropy or sigmoid + binary cross-entropy: ``evaluate`` reports accuracy."""
+        return self._act_names[-1] in ("softmax", "sigmoid") and self._loss_name in (
+            "cross_entropy", "binary_cross_entropy")
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """``sizes`` as a tuple of Python ints."""
+        return tuple(int(v) for v in self._sizes)
+
+    def workspace_size(self, n_samples: int) -> int:
+        """Elements of the workspace the whole-network kernels need for a batch of ``n_samples``."""
+        return workspace_size(self._sizes, n_samples)
+
+    def split(self, params: np.ndarray) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+        """Views (W^1..W^L, b^1..b^L) into θ."""
+        return split_params(params, self._sizes)
+
+    def _key(self):
+        return (self.widths, self._act_names, self._loss_name, self._dtype.name)
+
+    def __eq__(self, other):
+        return isinstance(other, NetworkSpec) and self._key() == other._key()
+
+    def __hash__(self):
+        return hash(self._key())
+
+    def __reduce__(self):
+        return (NetworkSpec, (self.widths, self._act_names, self._loss_name, self._dtype))
+
+    def __repr__(self) -> str:
+        return (f"NetworkSpec(sizes={list(self.widths)}, activations={list(self._act_names)}, "
+                f"loss={self._loss_name!r}, dtype=np.{self._dtype.name})")

@@ -27,7 +27,6 @@ __all__ = [
     "NAMES",
     "REQUIRED_OUTPUT",
     "output_delta_at",
-    "output_delta_row",
 ]
 
 MSE = 0
@@ -124,13 +123,3 @@ def output_delta_at(loss, act, z, a, y, label, scale, delta, r):
                 total += 0.5 * d * d
                 delta[r, i] = scale * d * derivative(act, z[r, i])  # reads z[r, i] before delta may overwrite it
     return total
-
-
-@njit(cache=True, fastmath=FASTMATH)
-def output_delta_row(loss, act, z, a, y, label, scale, delta):
-    """BP1 for one sample: δ^L = ∇_a C ⊙ σ'(z^L); returns this sample's loss term.
-
-    The 1-D form of :func:`output_delta_at`: ``z``, ``a``, ``y`` and ``delta``
-    are the sample's rows; ``delta`` may be ``z``.
-    """
-    return output_delta_at(loss, act, z[None, :], a[None, :], y[None, :], label, scale, delta[None, :], 0)

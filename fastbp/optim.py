@@ -19,6 +19,12 @@ __all__ = ["SGD", "LBFGS", "Adam", "AdamW", "ConstantLR", "CosineLR", "StepLR", 
 SGD_CODE = 0
 ADAM_CODE = 1
 
+#: Slots of the hyper-parameter vector ``hp`` that the compiled (and the device) training steps
+#: take: for SGD, H1 = momentum and FLAG = nesterov; for Adam, H1, H2, H3 = beta1, beta2, eps
+#: and FLAG = decoupled weight decay.  CLIP <= 0 disables gradient clipping.
+HP_LR, HP_H1, HP_H2, HP_H3, HP_WEIGHT_DECAY, HP_FLAG, HP_CLIP = range(7)
+HP_SIZE = 7
+
 
 def _check_float(name: str, value, lo: float = 0.0, hi: float = math.inf, lo_open=False, hi_open=False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
@@ -105,6 +111,72 @@ class LBFGS:
         _check_float("weight_decay", self.weight_decay)
         if not isinstance(self.history_size, int) or self.history_size < 1:
             raise ValueError(f"history_size: expected an integer >= 1, got {self.history_size!r}")
+
+
+def hyper_vector(opt, lr: float, clip: float) -> np.ndarray:
+    """The float64 ``hp`` vector of ``opt`` for the compiled training step (slots ``HP_*``)."""
+    hp = np.zeros(HP_SIZE)
+    h1, h2, h3, wd, flag = opt.hyper()
+    hp[HP_LR], hp[HP_H1], hp[HP_H2], hp[HP_H3] = lr, h1, h2, h3
+    hp[HP_WEIGHT_DECAY], hp[HP_FLAG], hp[HP_CLIP] = wd, float(flag), clip
+    return hp
+
+
+@dataclass(eq=False)
+class OptimizerState:
+    """What an optimizer carries from step to step: a buffer of 2P numbers and the step count.
+
+    ``buffer`` holds [velocity, unused] for SGD and [m, v] for Adam; ``t`` counts the steps
+    taken.  A model keeps one and passes it on to the next ``fit`` with the same optimizer.
+    """
+
+    key: tuple
+    buffer: np.ndarray
+    t: int = 0
+
+    @classmethod
+    def for_optimizer(cls, opt, previous: OptimizerState | None, n_params: int, dtype) -> OptimizerState:
+        """``previous`` if it belongs to ``opt`` (same class and settings), else a fresh state."""
+        key = (type(opt), opt.hyper())
+        if previous is not None and previous.key == key and previous.buffer.shape == (2 * n_params,):
+            return previous
+        return cls(key, np.zeros(2 * n_params, dtype=dtype), 0)
+
+    @property
+    def first(self) -> np.ndarray:
+        return self.buffer[: self.buffer.shape[0] // 2]
+
+    @property
+    def second(self) -> np.ndarray:
+        return self.buffer[self.buffer.shape[0] // 2 :]
+
+
+def reference_step(opt, params: np.ndarray, grad: np.ndarray, state: OptimizerState, lr: float) -> None:
+    """One optimizer step in NumPy, in place (the update rules of :mod:`fastbp.cpu.optim`)."""
+    T = params.dtype.type
+    state.t += 1
+    h1, h2, h3, wd, flag = opt.hyper()
+    m, v = state.first, state.second
+    if opt.code == SGD_CODE:
+        g = grad + T(wd) * params
+        if h1 == 0:
+            params -= T(lr) * g
+            return
+        m[...] = T(h1) * m + g
+        params -= T(lr) * (g + T(h1) * m if flag else m)
+        return
+    b1, b2, eps = T(h1), T(h2), T(h3)
+    t = state.t
+    if flag:  # decoupled
+        params *= T(1.0 - lr * wd)
+        g = grad
+    else:
+        g = grad + T(wd) * params
+    m[...] = b1 * m + (T(1) - b1) * g
+    v[...] = b2 * v + (T(1) - b2) * g * g
+    c1 = T(1.0 - h1**t)
+    c2 = T(1.0 - h2**t)
+    params -= (T(lr) / c1) * m / (np.sqrt(v) * T(1.0 / np.sqrt(float(c2))) + eps)
 
 
 _NAMED = {

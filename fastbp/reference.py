@@ -25,6 +25,8 @@ __all__ = [
     "bias_grad",
     "forward",
     "linear_forward",
+    "count_correct",
+    "loss",
     "loss_and_grad",
     "output_delta",
     "weight_grad",
@@ -175,6 +177,29 @@ def forward(params, sizes, acts, x):
     for W, b, act in zip(Ws, bs, acts):
         _, a = linear_forward(W, b, a, act)
     return a
+
+
+def loss(params, sizes, acts, loss, x, y, sample_weight=None):
+    """(C, a^L) for one minibatch: the forward pass and the loss, no backward pass."""
+    Ws, bs = split_params(params, sizes)
+    a, z = x, None
+    for W, b, act in zip(Ws, bs, acts, strict=True):
+        z, a = linear_forward(W, b, a, act)
+    C, _ = output_delta(loss, acts[-1], z, a, y, sample_weight)
+    return C, a
+
+
+def count_correct(act, out, y):
+    """(correct, counted): argmax against the target's argmax (or label) for a softmax output,
+    each output thresholded at 0.5 against its target (or the label's one-hot row) for sigmoid."""
+    act = _act_code(act)
+    t = _targets(y, out.shape[1], out.dtype)
+    if act == _A.SOFTMAX:
+        target = y if y.ndim == 1 else t.argmax(axis=1)
+        return int(np.sum(out.argmax(axis=1) == target)), out.shape[0]
+    if act == _A.SIGMOID:
+        return int(np.sum((out > 0.5) == (t > 0.5))), out.size
+    return 0, 0
 
 
 def loss_and_grad(params, sizes, acts, loss, x, y, sample_weight=None):

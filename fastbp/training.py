@@ -1,4 +1,9 @@
-"""``MLP.fit``: argument checks, the epoch loop around the compiled minibatch loop, L-BFGS.
+"""``MLP.fit``: the one training driver, over the :class:`fastbp.backends.Backend` protocol.
+
+Argument checks, the epoch loop, learning-rate schedules, validation, early stopping,
+callbacks, the history and divergence are handled here, once for every backend; the minibatch
+steps of an epoch run in the backend's :class:`~fastbp.backends.Trainer`.  Full-batch L-BFGS
+(SciPy) calls the backend's loss and gradient.
 
 Interruption: a ``KeyboardInterrupt`` (Ctrl-C, SIGINT) or an exception raised by a ``callback``
 leaves θ, the optimizer state and its step count at the end of the last completed minibatch
@@ -20,40 +25,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import config as _config
 from . import optim as _optim
-from ._threads import GATE, min_parallel_work
-from ._tiers import TIERS
-from ._validation import _all_finite, as_array, check_int
+from ._validation import check_int, check_pair
 
 if TYPE_CHECKING:  # pragma: no cover
     from .model import MLP
 
-
-def _check_sample_weight(sample_weight, n: int, dtype) -> np.ndarray | None:
-    if sample_weight is None:
-        return None
-    sw = as_array("sample_weight", sample_weight)
-    if sw.shape != (n,):
-        raise ValueError(f"sample_weight: expected shape ({n},) to match x, got {sw.shape}")
-    sw = np.ascontiguousarray(sw, dtype=dtype)
-    if not _all_finite(sw):
-        raise ValueError("sample_weight: contains NaN or infinity")
-    if sw.min() < 0:
-        raise ValueError("sample_weight: weights must be non-negative")
-    if not sw.max() > 0:
-        raise ValueError("sample_weight: at least one weight must be positive")
-    return sw
-
-
-def _check_validation(net: MLP, validation_data):
-    if validation_data is None:
-        return None
-    if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-        raise TypeError("validation_data: expected a pair (x_val, y_val)")
-    xv, _ = net._check_x(validation_data[0], "validation_data[0]")
-    yv = net._check_y(validation_data[1], xv.shape[0], "validation_data[1]")
-    return xv, yv
+__all__ = ["deferred_interrupt", "fit"]
 
 
 @contextlib.contextmanager
@@ -86,24 +64,8 @@ def deferred_interrupt():
     check()
 
 
-def _is_classifier(net: MLP) -> bool:
-    return net.activations[-1] in ("softmax", "sigmoid") and net.loss in ("cross_entropy", "binary_cross_entropy")
-
-
-def evaluate(net: MLP, x: np.ndarray, y: np.ndarray) -> tuple[float, float | None]:
-    """(loss, accuracy or None) of checked arrays."""
-    from .cpu.train import _count_correct
-
-    loss, out = net._loss_checked(x, y)
-    if not _is_classifier(net):
-        return loss, None
-    yk, lab, _ = net._kernel_targets(y)
-    correct, counted = _count_correct(net._acts_arr[-1], out, yk, lab)
-    return loss, correct / counted
-
-
 def fit(
-    net: MLP,
+    self,
     x,
     y,
     epochs=10,
@@ -122,6 +84,74 @@ def fit(
     callback=None,
     clip_norm=None,
 ) -> dict:
+    """Train by minibatch gradient descent (or full-batch L-BFGS), continuing from ``params``.
+
+    One driver for every backend (``MLP.fit``): the epochs, the schedule, validation, early
+    stopping, callbacks, the history and divergence are handled here, and each epoch's
+    minibatch steps run in the backend (the cpu backend's compiled loop,
+    :func:`fastbp.cpu.train.train_epoch`: gather the shuffled batch, loss and gradient,
+    optional norm clipping, optimizer step, with no Python per step).
+
+    Parameters
+    ----------
+    x, y : array_like
+        Training data, as for :meth:`loss_and_grad`.
+    epochs : int, default 10
+        Passes over the data (for L-BFGS: iterations).
+    batch_size : int, default 32
+        Minibatch size; the last batch of an epoch may be smaller.
+    optimizer : str or optimizer object, default "adam"
+        "sgd", "momentum", "nesterov", "adam", "adamw", "lbfgs", or an instance of
+        :class:`fastbp.optim.SGD`, :class:`~fastbp.optim.Adam`, :class:`~fastbp.optim.AdamW`,
+        :class:`~fastbp.optim.LBFGS`.  Its state (momentum, moments) is kept on the model
+        and carries over to the next call of ``fit`` with the same optimizer.
+    lr : float, default 1e-3
+        Learning rate, unless the optimizer object sets its own ``lr``.
+    shuffle : bool, default True
+        Reorder the samples each epoch with ``numpy.random.default_rng(seed).permutation``.
+    seed : int or numpy.random.Generator, default 0
+        Seed of the shuffling: the same seed, data and thread count give bitwise the same params.
+    validation_data : (x_val, y_val), optional
+        Evaluated after each epoch (``val_loss``, ``val_accuracy``).
+    verbose : bool, default True
+        Print one line per epoch: time, loss and metrics.
+    sample_weight : array_like of shape (N,), optional
+        Non-negative per-sample weights (each minibatch loss is the weighted mean).
+    schedule : {"constant", "step", "cosine"} or callable, default "constant"
+        Learning rate per epoch: a name, a :mod:`fastbp.optim` schedule, or ``f(lr, epoch, epochs)``.
+    patience : int, optional
+        Early stopping: stop after ``patience`` epochs without an improvement of more than
+        ``min_delta`` in ``val_loss`` (or ``loss`` without validation data).
+    min_delta : float, default 0
+    restore_best : bool, default True
+        With early stopping, restore the parameters of the best epoch at the end.
+    callback : callable, optional
+        ``callback(epoch, logs, net)`` after each epoch; a true return value stops training.
+        ``net.params`` hold the epoch's θ when it is called, and changes it makes are kept.
+    clip_norm : float, optional
+        Clip the gradient to this Euclidean norm before each step.
+
+    Returns
+    -------
+    dict
+        History: lists ``loss``, ``lr``, ``time`` (seconds per epoch), and for classifiers
+        ``accuracy`` (running, over the epoch's minibatches); with validation data
+        ``val_loss`` (and ``val_accuracy``).
+
+    Raises
+    ------
+    ValueError, TypeError
+        On a bad argument, before any parameter changes.
+    FloatingPointError
+        If a step's loss or gradient is not finite.  That step is not applied: ``params``, the
+        optimizer state and its step count hold the last finite step, on every backend.
+    KeyboardInterrupt
+        Ctrl-C (deferred to the next step boundary) or an exception raised by ``callback``
+        leaves ``params`` and the optimizer state at the end of the last completed step.
+    """
+    net = self
+    backend = net._backend
+    spec = net.spec
     # -- every check first: nothing changes until all arguments are known good --------------------
     epochs = check_int("epochs", epochs, minimum=1)
     batch_size = check_int("batch_size", batch_size, minimum=1)
@@ -139,165 +169,64 @@ def fit(
     clip = 0.0 if clip_norm is None else _optim._check_float("clip_norm", clip_norm, 0.0, lo_open=True)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback: expected a callable (epoch, logs, net) -> bool | None, got {callback!r}")
-    if net.backend == "numpy":
-        raise ValueError("backend: fit needs the compiled 'cpu' backend; the 'numpy' backend is a reference")
-    if net.backend == "cuda" and not isinstance(opt, _optim.LBFGS):
-        st = net._cuda
-        xa, _, _ = st.check_x(x)
-        ya, labels = st.check_y(y, xa.shape[0])
-        sw, _ = st.check_sw(sample_weight, xa.shape[0])
-        val = None
-        if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise TypeError("validation_data: expected a pair (x_val, y_val)")
-            xv, _, _ = st.check_x(validation_data[0], "validation_data[0]")
-            yv, lv = st.check_y(validation_data[1], xv.shape[0], "validation_data[1]")
-            val = (xv, yv, lv)
-    else:
-        if net.backend == "cuda":
-            from .cuda.backend import as_device_array, is_device_array
-
-            x = as_device_array(x).copy_to_host() if is_device_array(x) else x
-            y = as_device_array(y).copy_to_host() if is_device_array(y) else y
-        xa, _ = net._check_x(x)
-        ya = net._check_y(y, xa.shape[0])
-        sw = _check_sample_weight(sample_weight, xa.shape[0], net.dtype)
-        val = _check_validation(net, validation_data)
+    xa, _ = backend.check_x(x)
+    n = xa.shape[0]
+    ya = backend.check_y(y, n)
+    sw = backend.check_sample_weight(sample_weight, n)
+    val = None
+    if validation_data is not None:
+        xv, yv = check_pair("validation_data", validation_data)
+        xv, _ = backend.check_x(xv, "validation_data[0]")
+        val = (xv, backend.check_y(yv, xv.shape[0], "validation_data[1]"))
     lrs = [sched(base_lr, e, epochs) for e in range(epochs)]
     for e, v in enumerate(lrs):
         if not (isinstance(v, (int, float, np.floating)) and math.isfinite(v) and v >= 0):
             raise ValueError(f"schedule: gave an invalid learning rate {v!r} for epoch {e}")
+    if isinstance(opt, _optim.LBFGS) and patience is not None:
+        raise ValueError("patience: early stopping is not available with optimizer 'lbfgs'")
 
-    classifier = _is_classifier(net)
     history: dict[str, list] = {"loss": [], "lr": [], "time": []}
-    if classifier:
+    if spec.is_classifier:
         history["accuracy"] = []
     if val is not None:
         history["val_loss"] = []
-        if classifier:
+        if spec.is_classifier:
             history["val_accuracy"] = []
 
-    if isinstance(opt, _optim.LBFGS):
-        return _fit_lbfgs(net, xa, ya, sw, val, opt, epochs, verbose, history, patience is not None)
-
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    if net.backend == "cuda":
-        from .cuda.backend import fit as cuda_fit
-
-        return cuda_fit(
-            net,
-            net._cuda,
-            xa,
-            ya,
-            labels,
-            sw,
-            val,
-            opt,
-            lrs,
-            batch_size,
-            shuffle,
-            rng,
-            clip,
-            patience,
-            min_delta,
-            restore_best,
-            callback,
-            verbose,
-            history,
-            classifier,
-        )
-
-    GATE.enter()
-    try:
-        return _fit_cpu(net, xa, ya, sw, val, opt, lrs, batch_size, shuffle, rng, clip, patience, min_delta,
-                        restore_best, callback, verbose, history, classifier)
-    finally:
-        GATE.leave()
-
-
-def _fit_cpu(net, xa, ya, sw, val, opt, lrs, batch_size, shuffle, rng, clip, patience, min_delta, restore_best,
-             callback, verbose, history, classifier) -> dict:
-    """The epoch loop of the cpu backend around the compiled minibatch loop (the caller holds a GATE slot)."""
-    from .cpu.network import parallel_pays
-    from .cpu.train import (
-        DIVERGED,
-        LOSS_SUM,
-        N_CORRECT,
-        N_COUNTED,
-        N_SEEN,
-        STEPS,
-        train_epoch_parallel,
-        train_epoch_serial,
-    )
-
-    epochs = len(lrs)
-    n = xa.shape[0]
-    B = min(batch_size, n)
-    state, t = net._optimizer_state(opt)
-    hp = np.zeros(7)
-    h1, h2, h3, wd, flag = opt.hyper()
-    hp[1:6] = (h1, h2, h3, wd, float(flag))
-    hp[6] = clip
-    grad = np.empty_like(net.params)
-    work = net._workspace(B)
-    # Targets, labels and weights in the one form the compiled loop takes (empty where absent).
-    yk, lab, sw = net._kernel_targets(ya, sw)
-    xb = np.empty((B, xa.shape[1]), net.dtype)
-    yb = np.empty((min(B, yk.shape[0]), yk.shape[1]), net.dtype)
-    lb = np.empty(min(B, lab.shape[0]), np.int64)
-    swb = np.empty(min(B, sw.shape[0]), net.dtype)
-    stopping = _EarlyStopping("val_loss" if val is not None else "loss", patience, min_delta)
-    best_params = None
-    # Minibatches per call of the compiled loop: the interrupt check runs between calls.
-    rows = B * max(1, _config.INTERRUPT_WORK // max(1, B * net.n_params))
-    with deferred_interrupt() as check_interrupt:
-        for epoch in range(epochs):
-            t0 = time.perf_counter()
-            perm = rng.permutation(n) if shuffle else np.arange(n)
-            hp[0] = lrs[epoch]
-            stats = np.zeros(6)
-            t_epoch = t
-            # One twin for the epoch (a copy of train_epoch bound to it: the other is never compiled);
-            # the parallel one where it pays and once it is ready (compiled, cached, or paid for).
-            min_work = min_parallel_work(GATE.alone())
-
-            args = [net.params, net._sizes_arr, net._acts_arr, net._loss_code, xa, yk, lab, perm[:rows], B,
-                    opt.code, hp, state, t_epoch, grad, work, xb, yb, lb, stats, sw, swb, min_work]
-            want = parallel_pays(B, net.n_params, False, min_work)
-            par = want and TIERS.ready(train_epoch_parallel, net.dtype, args)
-            run = train_epoch_parallel if par else train_epoch_serial
-            t_run = time.perf_counter()
-            try:
-                for start in range(0, n, rows):
-                    args[7] = perm[start : start + rows]  # this slice of the epoch's minibatches
-                    args[12] = t_epoch + int(stats[STEPS])  # steps taken before it
-                    run(*args)
-                    if stats[DIVERGED]:
-                        break
-                    check_interrupt()
-            finally:
-                # The compiled loop counts the steps it completed: θ, the state and t agree.
-                t = net._opt_t = t_epoch + int(stats[STEPS])
-                if want and not par:
-                    TIERS.charge(train_epoch_parallel, net.dtype, time.perf_counter() - t_run)
-            if stats[DIVERGED]:
-                raise FloatingPointError(
-                    f"fit: the loss or gradient became non-finite in epoch {epoch}; params hold the last finite "
-                    f"step. Lower lr (now {lrs[epoch]:g}) or set clip_norm."
-                )
-            accuracy = stats[N_CORRECT] / stats[N_COUNTED] if classifier else None
-            val_result = evaluate(net, *val) if val is not None else None
-            _record_epoch(history, epoch, epochs, lrs[epoch], stats[LOSS_SUM] / stats[N_SEEN], accuracy, val_result,
-                          time.perf_counter() - t0, verbose)
-            improved, stop = stopping.update(history)
-            if improved and patience is not None and restore_best:
-                best_params = net.params.copy()
-            if callback is not None and callback(epoch, {k: v[-1] for k, v in history.items()}, net):
-                stop = True
-            if stop:
-                break
-    if best_params is not None:
-        net.params[...] = best_params
+    with net._lock:
+        if isinstance(opt, _optim.LBFGS):
+            return _fit_lbfgs(net, xa, ya, sw, val, opt, epochs, verbose, history)
+        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        net._opt_state = state = _optim.OptimizerState.for_optimizer(opt, net._opt_state, spec.n_params, spec.dtype)
+        stopping = _EarlyStopping("val_loss" if val is not None else "loss", patience, min_delta)
+        best = None
+        with deferred_interrupt() as check_interrupt, backend.trainer(
+            net.params, xa, ya, sw, opt, state, batch_size, clip
+        ) as trainer:
+            for epoch in range(epochs):
+                t0 = time.perf_counter()
+                perm = rng.permutation(n) if shuffle else np.arange(n)
+                st = trainer.run_epoch(perm, lrs[epoch], check_interrupt)
+                if st.diverged:
+                    raise FloatingPointError(
+                        f"fit: the loss or gradient became non-finite in epoch {epoch}; params hold the last "
+                        f"finite step. Lower lr (now {lrs[epoch]:g}) or set clip_norm."
+                    )
+                val_result = trainer.evaluate(*val) if val is not None else None
+                _record_epoch(history, epoch, epochs, lrs[epoch], st.loss, st.accuracy if spec.is_classifier else None,
+                              val_result, time.perf_counter() - t0, verbose)
+                improved, stop = stopping.update(history)
+                if improved and patience is not None and restore_best:
+                    best = trainer.snapshot()
+                if callback is not None:
+                    trainer.pull()
+                    if callback(epoch, {k: v[-1] for k, v in history.items()}, net):
+                        stop = True
+                    trainer.push()  # the callback may have changed params
+                if stop:
+                    break
+            if best is not None:
+                trainer.restore(best)
     return history
 
 
@@ -343,20 +272,19 @@ def _print_epoch(epoch: int, epochs: int, history: dict) -> None:
     print("  ".join(parts), flush=True)
 
 
-def _fit_lbfgs(net, xa, ya, sw, val, opt, epochs, verbose, history, early_stop) -> dict:
+def _fit_lbfgs(net: MLP, xa, ya, sw, val, opt, epochs, verbose, history) -> dict:
+    """Full-batch L-BFGS through SciPy; θ changes only at the end, and only to a finite result."""
     from scipy.optimize import minimize
 
-    if early_stop:
-        raise ValueError("patience: early stopping is not available with optimizer 'lbfgs'")
+    backend = net._backend
     trial = net.params.copy()
     grad = np.empty_like(trial)
     lam = opt.weight_decay
-    classifier = "accuracy" in history
     t0 = [time.perf_counter()]
 
     def fun(theta):
         trial[...] = theta
-        c = net._loss_and_grad_at(trial, xa, ya, sw, grad)
+        c = backend.loss_and_grad(trial, xa, ya, sw, grad)
         g = grad.astype(np.float64)
         if lam:
             c += 0.5 * lam * float(theta @ theta)
@@ -367,19 +295,13 @@ def _fit_lbfgs(net, xa, ya, sw, val, opt, epochs, verbose, history, early_stop) 
         trial[...] = intermediate_result.x
         history["loss"].append(float(intermediate_result.fun))
         history["lr"].append(float("nan"))
-        saved = net.params.copy()
-        net.params[...] = trial
-        try:
-            if classifier:
-                _, acc = evaluate(net, xa, ya)
-                history["accuracy"].append(acc)
-            if val is not None:
-                vl, va = evaluate(net, *val)
-                history["val_loss"].append(vl)
-                if classifier:
-                    history["val_accuracy"].append(va)
-        finally:
-            net.params[...] = saved
+        if "accuracy" in history:
+            history["accuracy"].append(backend.evaluate(trial, xa, ya)[1])
+        if val is not None:
+            vl, va = backend.evaluate(trial, *val)
+            history["val_loss"].append(vl)
+            if "val_accuracy" in history:
+                history["val_accuracy"].append(va)
         now = time.perf_counter()
         history["time"].append(now - t0[0])
         t0[0] = now

@@ -232,7 +232,7 @@ USER_LOOP = textwrap.dedent(
 
     grad = np.empty_like(net.params)
     work = np.empty(fastbp.workspace_size(net.sizes, n), np.float32)
-    print(user_loop(net.params, net._sizes_arr, net._acts_arr, net._loss_code, x, y, grad, work,
+    print(user_loop(net.params, net.spec.sizes, net.spec.activations, net.spec.loss, x, y, grad, work,
                     np.zeros_like(grad), 2))
     """
 )

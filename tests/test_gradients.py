@@ -38,7 +38,7 @@ def _net(sizes, acts, loss, dtype, seed=0):
 
 def _fd_grad(net, x, y):
     """Central differences of the float64 loss, through SciPy's adaptive jacobian."""
-    sizes, acts, loss = net._sizes_arr, net._acts_arr, net._loss_code
+    sizes, acts, loss = net.spec.sizes, net.spec.activations, net.spec.loss
     x = x.astype(np.float64)
     y = y.astype(np.float64) if y.dtype.kind == "f" else y
     work = np.empty(fastbp.workspace_size(net.sizes, x.shape[0]))
@@ -63,7 +63,7 @@ def test_loss_and_grad_matches_reference(loss, out_act, labels, dtype, rng):
     for n in (1, 13):
         x, y = random_problem(rng, sizes, n, dtype, labels=labels, loss=loss)
         C, g = net.loss_and_grad(x, y)
-        Cr, gr = fastbp.reference.loss_and_grad(net.params, net.sizes, net._acts_arr, loss, x, y)
+        Cr, gr = fastbp.reference.loss_and_grad(net.params, net.sizes, net.spec.activations, loss, x, y)
         assert g.dtype == dtype
         assert_close(C, Cr, dtype, factor=20)
         assert_close(g, gr, dtype, factor=20)
@@ -83,7 +83,7 @@ def test_mse_with_labels_and_sample_weights_matches_reference(out_act, dtype, rn
         sw[::3] = 0 if n > 1 else sw[::3]
         for yy, w in ((labels, None), (y, sw), (labels, sw)):
             C, g = net.loss_and_grad(x, yy, sample_weight=w)
-            Cr, gr = fastbp.reference.loss_and_grad(net.params, net.sizes, net._acts_arr, "mse", x, yy,
+            Cr, gr = fastbp.reference.loss_and_grad(net.params, net.sizes, net.spec.activations, "mse", x, yy,
                                                     sample_weight=w)
             assert_close(C, Cr, dtype, factor=20)
             assert_close(g, gr, dtype, factor=20)
@@ -124,7 +124,7 @@ def test_odd_sizes_and_batch_one(sizes, dtype, rng):
     for n in (1, 3, 65):
         x, y = random_problem(rng, sizes, n, dtype)
         C, g = net.loss_and_grad(x, y)
-        Cr, gr = fastbp.reference.loss_and_grad(net.params, net.sizes, net._acts_arr, "mse", x, y)
+        Cr, gr = fastbp.reference.loss_and_grad(net.params, net.sizes, net.spec.activations, "mse", x, y)
         assert_close(C, Cr, dtype, factor=70)
         assert_close(g, gr, dtype, factor=70)
 
@@ -141,7 +141,7 @@ def test_stable_for_huge_weighted_inputs(loss, out_act, labels, dtype, rng):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             C, g = net.loss_and_grad(x, y)
-            Cr, gr = fastbp.reference.loss_and_grad(net.params, net.sizes, net._acts_arr, loss, x, y)
+            Cr, gr = fastbp.reference.loss_and_grad(net.params, net.sizes, net.spec.activations, loss, x, y)
         assert np.isfinite(C) and np.all(np.isfinite(g)), (hidden, C)
         assert np.isfinite(Cr) and np.all(np.isfinite(gr))
 

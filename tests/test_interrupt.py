@@ -36,7 +36,7 @@ class Stop(Exception):
 
 
 def _state(net):
-    return net.params.copy(), net._opt_buf.copy(), net._opt_t
+    return net.params.copy(), net._opt_state.buffer.copy(), net._opt_state.t
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "momentum"])
@@ -55,14 +55,14 @@ def test_callback_exception_leaves_the_state_of_its_epoch(backend, optimizer):
     ref = _model(backend)
     ref.fit(x, y, epochs=2, **kw)
     p, s, t = _state(net)
-    assert t == ref._opt_t == 2 * 3
+    assert t == ref._opt_state.t == 2 * 3
     np.testing.assert_array_equal(p, ref.params)
-    np.testing.assert_array_equal(s, ref._opt_buf)
+    np.testing.assert_array_equal(s, ref._opt_state.buffer)
     # it trains on from there exactly as the uninterrupted model does
     net.fit(x, y, epochs=2, **kw)
     ref.fit(x, y, epochs=2, **kw)
     np.testing.assert_array_equal(net.params, ref.params)
-    assert net._opt_t == ref._opt_t == 4 * 3
+    assert net._opt_state.t == ref._opt_state.t == 4 * 3
 
 
 def test_keyboard_interrupt_from_a_callback_leaves_a_consistent_model():
@@ -77,7 +77,7 @@ def test_keyboard_interrupt_from_a_callback_leaves_a_consistent_model():
     ref = _model()
     ref.fit(x, y, epochs=1, batch_size=8, seed=0, verbose=False)
     np.testing.assert_array_equal(net.params, ref.params)
-    assert net._opt_t == 3
+    assert net._opt_state.t == 3
 
 
 CHILD = textwrap.dedent(
@@ -112,14 +112,14 @@ CHILD = textwrap.dedent(
         sys.exit(1)
     except KeyboardInterrupt:
         pass
-    t = net._opt_t
+    t = net._opt_state.t
     done, rem = divmod(t, n // B)
     ref = model()  # replay exactly the completed steps, through the public API
     if done:
         ref.fit(x, y, epochs=done, **kw)
     if rem:
         ref.fit(x[: rem * B], y[: rem * B], epochs=1, **kw)
-    same = ref._opt_t == t and np.array_equal(ref.params, net.params) and np.array_equal(ref._opt_buf, net._opt_buf)
+    same = ref._opt_state.t == t and np.array_equal(ref.params, net.params) and np.array_equal(ref._opt_state.buffer, net._opt_state.buffer)
     h = net.fit(x, y, epochs=1, **kw)
     print("result", t, rem, int(same), int(np.isfinite(h["loss"][0]) and np.isfinite(net.params).all()), flush=True)
     """

@@ -48,10 +48,10 @@ def test_predict_and_evaluate_in_chunks_match_one_call(monkeypatch, dtype, n):
     e_whole = net.evaluate(x, y)
     per_row = fastbp.workspace_size(net.sizes, 1) * np.dtype(dtype).itemsize
     monkeypatch.setattr(config, "MAX_WORKSPACE_BYTES", 5 * per_row)  # chunks of 4 rows
-    assert net._chunk_rows() == 4
+    assert net._backend.chunk_rows() == 4
     seen = []
-    original = net._workspace
-    monkeypatch.setattr(net, "_workspace", lambda m: seen.append(m) or original(m))
+    original = net._backend.workspace
+    monkeypatch.setattr(net._backend, "workspace", lambda m: seen.append(m) or original(m))
     np.testing.assert_array_equal(net.predict(x), whole)
     assert max(seen) <= 4
     e = net.evaluate(x, y)

@@ -68,7 +68,7 @@ def test_shapes_straddle_the_parallel_threshold():
 def test_serial_and_parallel_twins_agree_bitwise(dtype):
     net = _model(dtype)
     x, y = _data(N_PAR, dtype)
-    args = (net.params, net._sizes_arr, net._acts_arr)
+    args = (net.params, net.spec.sizes, net.spec.activations)
     work = np.empty(fastbp.workspace_size(SIZES, N_PAR), dtype)
     outs, grads, losses = [], [], []
     for fwd, lg in (
@@ -78,8 +78,8 @@ def test_serial_and_parallel_twins_agree_bitwise(dtype):
         out = np.empty((N_PAR, SIZES[-1]), dtype)
         fwd(*args, x, out, work)
         g = np.empty_like(net.params)
-        yk, lab, sw = net._kernel_targets(y)
-        losses.append(lg(*args, net._loss_code, x, yk, lab, g, work, sw))
+        yk, lab, sw = net._backend.kernel_targets(y)
+        losses.append(lg(*args, net.spec.loss, x, yk, lab, g, work, sw))
         outs.append(out)
         grads.append(g)
     np.testing.assert_array_equal(outs[0], outs[1])

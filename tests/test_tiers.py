@@ -78,7 +78,7 @@ def test_the_real_dispatchers_answer_the_look_up():
     net = fastbp.MLP([3, 5, 2], "tanh", dtype=np.float64, seed=0)
     x = np.ones((4, 3))
     out = np.empty((4, 2))
-    args = (net.params, net._sizes_arr, net._acts_arr, x, out, np.empty(fastbp.workspace_size(net.sizes, 4)))
+    args = (net.params, net.spec.sizes, net.spec.activations, x, out, np.empty(fastbp.workspace_size(net.sizes, 4)))
     network._forward_parallel(*args)  # compiled (or loaded) now
     assert _tiers._compiled_or_cached(network._forward_parallel, args)
 

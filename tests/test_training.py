@@ -259,7 +259,7 @@ def test_lbfgs_minimises_full_batch_loss():
     assert h["loss"][-1] < 0.1 * h["loss"][0] and len(h["loss"]) <= 30
     # The same minimisation driven directly through SciPy with the reference gradient.
     ref = _clf(np.float64)
-    res = minimize(lambda th: fastbp.reference.loss_and_grad(th, ref.sizes, ref._acts_arr, "cross_entropy", x, y),
+    res = minimize(lambda th: fastbp.reference.loss_and_grad(th, ref.sizes, ref.spec.activations, "cross_entropy", x, y),
                    p0, jac=True, method="L-BFGS-B", options={"maxiter": 30})
     np.testing.assert_allclose(net.params, res.x, rtol=1e-5, atol=1e-6)
 
@@ -286,6 +286,6 @@ def test_optimizer_kernels_callable_from_njit():
     x = np.ones((4, 2))
     y = np.zeros((4, 1))
     p0 = net.params.copy()
-    loop(net.params, net._sizes_arr, net._acts_arr, x, y, np.empty(net.n_params),
+    loop(net.params, net.spec.sizes, net.spec.activations, x, y, np.empty(net.n_params),
          np.empty(fastbp.workspace_size(net.sizes, 4)), np.zeros(net.n_params), np.zeros(net.n_params))
     assert not np.array_equal(p0, net.params)

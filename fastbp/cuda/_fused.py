@@ -31,17 +31,19 @@ from functools import lru_cache
 from numba import cuda  # module-level: the simulator swaps module globals
 
 from .. import activations as _A
+from .. import config as _config
 from .. import losses as _L
 from ._device import SOFTMAX, build, device_function
+from ._kernels import SCRATCH_CORRECT, SCRATCH_COUNTED, SCRATCH_LOSS, SCRATCH_LOSS_ROWS
 
 #: Widest layer the fused kernel accepts.
-MAX_WIDTH = 64
+MAX_WIDTH = _config.CUDA_FUSED_MAX_WIDTH
 #: Threads per block: 4 warps, each lane 8 samples x 4 neurons.
-THREADS = 128
+THREADS = _config.CUDA_FUSED_THREADS
 _LS = 8  # lanes along samples
 _LJ = 4  # lanes along neurons
 _NW = THREADS // 32
-_SHARED_BUDGET = 46 * 1024
+_SHARED_BUDGET = _config.CUDA_FUSED_SHARED_BYTES
 
 
 def _bsh_cols(mw: int) -> int:
@@ -360,11 +362,11 @@ def fused_kernel(dtype_name: str, sizes: tuple, acts: tuple, loss: int):
                 if t < n_out:
                     cuda.atomic.add(grad, bo + t, bacc[l])
         if t < S:
-            cuda.atomic.add(scratch, 0, loss_sum)
-            cuda.atomic.add(scratch, 3, loss_sum * N)
+            cuda.atomic.add(scratch, SCRATCH_LOSS, loss_sum)
+            cuda.atomic.add(scratch, SCRATCH_LOSS_ROWS, loss_sum * N)
             if LOSS == CE or LOSS == BCE:
-                cuda.atomic.add(scratch, 1, correct)
-                cuda.atomic.add(scratch, 2, counted)
+                cuda.atomic.add(scratch, SCRATCH_CORRECT, correct)
+                cuda.atomic.add(scratch, SCRATCH_COUNTED, counted)
 
     return fused, S
 

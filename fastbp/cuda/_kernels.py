@@ -24,15 +24,21 @@ from types import SimpleNamespace
 import numba
 from numba import cuda  # module-level: the simulator swaps module globals
 
+from .. import config as _config
 from .. import losses as _L
 from ._device import GELU, SOFTMAX, build, device_function
 
 FORWARD, BP2, BP3 = 0, 1, 2
+
+#: Slots of the float64 counter array ``scratch`` that the loss kernels add to: the batch loss
+#: (the sum of the batch means of the launches since it was zeroed), correct and counted
+#: predictions (classifiers), and the loss times the batch rows (an epoch's loss sum).
+SCRATCH_LOSS, SCRATCH_CORRECT, SCRATCH_COUNTED, SCRATCH_LOSS_ROWS = range(4)
+SCRATCH_SIZE = 4
 MSE, CROSS_ENTROPY, BINARY_CROSS_ENTROPY = _L.MSE, _L.CROSS_ENTROPY, _L.BINARY_CROSS_ENTROPY
 
-#: Whether the kernels run on Numba's CUDA simulator (every thread a Python thread: the
-#: launch shapes below shrink there so that tests stay fast; the code is the same).
-SIMULATOR = bool(numba.config.ENABLE_CUDASIM)
+#: Whether the kernels run on Numba's CUDA simulator (``config.CUDA_SIMULATOR``).
+SIMULATOR = _config.CUDA_SIMULATOR
 
 # Small launches are intended here (a batch of 32 is one block): Numba's low-occupancy
 # warning would fire on every small network.  A user's NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS wins.
@@ -44,9 +50,9 @@ if "NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS" not in os.environ:
         _cuda_config.CUDA_LOW_OCCUPANCY_WARNINGS = 0
     except ImportError:  # pragma: no cover - older numba-cuda, or the simulator
         pass
-#: Threads per block of the per-sample (BP1) kernel (a power of two) and of elementwise kernels.
-ROW_THREADS = 8 if SIMULATOR else 64
-ELEMENT_THREADS = 32 if SIMULATOR else 256
+#: Threads per block of the per-sample (BP1) kernel and of elementwise kernels (``config``).
+ROW_THREADS = _config.CUDA_ROW_THREADS
+ELEMENT_THREADS = _config.CUDA_ELEMENT_THREADS
 
 
 @cache
@@ -236,7 +242,7 @@ def row_kernels(dtype_name: str):
 
     @cuda.jit(fastmath=False)
     def output_delta(work, z_off, N, nL, act, loss, y, labels, sw, sw_scale, scratch, train):
-        """BP1: δ^L = ∇_a C ⊙ σ'(z^L), written over z^L; the loss sum goes to scratch[0].
+        """BP1: δ^L = ∇_a C ⊙ σ'(z^L), written over z^L; the loss sum goes to scratch[SCRATCH_LOSS].
 
         For a softmax output a^L is formed here (from z^L) first.  ``labels`` = 1: y is
         an (N, 1) integer array of class labels; ``sw_scale`` > 0: sample n weighs
@@ -309,8 +315,8 @@ def row_kernels(dtype_name: str):
             total = block_sum(red, total)
             if t == 0:
                 c = float(total) * float(scale)
-                cuda.atomic.add(scratch, 0, c)
-                cuda.atomic.add(scratch, 3, c * N)
+                cuda.atomic.add(scratch, SCRATCH_LOSS, c)
+                cuda.atomic.add(scratch, SCRATCH_LOSS_ROWS, c * N)
                 if loss == CROSS_ENTROPY:
                     # accuracy: argmax of a^L against the label (or the argmax of y)
                     best = 0
@@ -323,15 +329,15 @@ def row_kernels(dtype_name: str):
                         for j in range(1, nL):
                             if y[n, j] > y[n, target]:
                                 target = j
-                    cuda.atomic.add(scratch, 1, 1.0 if best == target else 0.0)
-                    cuda.atomic.add(scratch, 2, 1.0)
+                    cuda.atomic.add(scratch, SCRATCH_CORRECT, 1.0 if best == target else 0.0)
+                    cuda.atomic.add(scratch, SCRATCH_COUNTED, 1.0)
                 elif loss == BINARY_CROSS_ENTROPY:
                     right = 0.0
                     for j in range(nL):
                         yj = (ONE if j == lab else ZERO) if labels == 1 else T(y[n, j])
                         right += 1.0 if (work[ab + j] > HALF) == (yj > HALF) else 0.0
-                    cuda.atomic.add(scratch, 1, right)
-                    cuda.atomic.add(scratch, 2, float(nL))
+                    cuda.atomic.add(scratch, SCRATCH_CORRECT, right)
+                    cuda.atomic.add(scratch, SCRATCH_COUNTED, float(nL))
 
     return SimpleNamespace(output_delta=output_delta)
 

@@ -17,13 +17,19 @@ from __future__ import annotations
 import numpy as np
 
 from .. import activations as _A
+from .. import config as _config
 from . import _fused
-from ._kernels import (
+from ._kernels import (  # noqa: F401 - the SCRATCH_* slots are re-exported
     BP2,
     BP3,
     ELEMENT_THREADS,
     FORWARD,
     ROW_THREADS,
+    SCRATCH_CORRECT,
+    SCRATCH_COUNTED,
+    SCRATCH_LOSS,
+    SCRATCH_LOSS_ROWS,
+    SCRATCH_SIZE,
     SIMULATOR,
     ceil_div,
     elementwise_kernels,
@@ -33,21 +39,12 @@ from ._kernels import (
 )
 
 __all__ = [
-    "GEMM_TILE",
     "SCRATCH_SIZE",
     "forward",
     "loss_and_grad",
     "step_loss_and_grad",
 ]
 
-#: Tile shape of the tiled product: (BM, BN, BK, TM, TN); smaller on the simulator.
-GEMM_TILE = (16, 16, 8, 4, 4) if SIMULATOR else (64, 64, 16, 4, 4)
-#: Length of the float64 counter array.
-SCRATCH_SIZE = 4
-#: Blocks a BP3 product should fill before it is split along k (None: two per multiprocessor).
-SPLIT_K_TARGET_BLOCKS = None
-#: Blocks per multiprocessor of the fused kernel's grid.
-FUSED_BLOCKS_PER_SM = 4
 
 
 def _dtype_name(arr) -> str:
@@ -68,7 +65,7 @@ def _layer_offset(sizes, layer: int, n: int) -> int:
 
 
 def _gemm(dt: str):
-    return gemm_kernel(dt, *GEMM_TILE)
+    return gemm_kernel(dt, *_config.CUDA_GEMM_TILE)
 
 
 def _sm_count() -> int:
@@ -79,10 +76,12 @@ def _sm_count() -> int:
 
 def k_splits(k, M: int, NN: int, K: int) -> int:
     """How many k-ranges a BP3 product is split into: enough blocks to fill the GPU
-    (SPLIT_K_TARGET_BLOCKS, default two per multiprocessor), each range at least 8 tiles deep."""
+    (``config.CUDA_SPLIT_K_TARGET_BLOCKS``, default two per multiprocessor), each range at least 8 tiles deep."""
     BM, BN = k.tile
     blocks = ceil_div(NN, BN) * ceil_div(M, BM)
-    target = SPLIT_K_TARGET_BLOCKS if SPLIT_K_TARGET_BLOCKS is not None else 2 * _sm_count()
+    target = _config.CUDA_SPLIT_K_TARGET_BLOCKS
+    if target is None:
+        target = 2 * _sm_count()
     if blocks >= target:
         return 1
     return max(1, min(ceil_div(target, blocks), K // (8 * k.BK)))
@@ -210,7 +209,7 @@ def step_loss_and_grad(params, sizes, acts, loss, x, y, grad, work, scratch, lab
     if use_fused:
         k, S = _fused.fused_kernel(dt, sizes, acts, int(loss))
         sm = getattr(cuda.get_current_device(), "MULTIPROCESSOR_COUNT", 1)  # the simulator has none
-        blocks = max(1, min(ceil_div(n, S), FUSED_BLOCKS_PER_SM * sm))
+        blocks = max(1, min(ceil_div(n, S), _config.CUDA_FUSED_BLOCKS_PER_SM * sm))
         k[blocks, _fused.THREADS](params, x, y, labels, sw_arr, sw_scale, grad, scratch, n)
         return True
 

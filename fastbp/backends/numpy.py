@@ -1,0 +1,68 @@
+"""``MLP(backend="numpy")``: the NumPy reference as an engine (slow, clear, the oracle)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import optim as _optim
+from .. import reference as _ref
+from ._host import HostBackend, HostTrainer, stats
+
+
+class NumpyBackend(HostBackend):
+    """Every computation by :mod:`fastbp.reference`; training steps in a Python loop."""
+
+    name = "numpy"
+
+    def forward(self, params, x):
+        return _ref.forward(params, self.spec.sizes, self.spec.activations, x)
+
+    def evaluate(self, params, x, y):
+        s = self.spec
+        c, out = _ref.loss(params, s.sizes, s.activations, s.loss, x, y)
+        if not s.is_classifier:
+            return float(c), None
+        correct, counted = _ref.count_correct(s.activations[-1], out, y)
+        return float(c), correct / counted
+
+    def loss_and_grad(self, params, x, y, sample_weight, grad):
+        s = self.spec
+        c, g = _ref.loss_and_grad(params, s.sizes, s.activations, s.loss, x, y, sample_weight=sample_weight)
+        grad[...] = g
+        return float(c)
+
+    def trainer(self, params, x, y, sample_weight, opt, state, batch_size, clip):
+        return NumpyTrainer(self, params, x, y, sample_weight, opt, state, batch_size, clip)
+
+
+class NumpyTrainer(HostTrainer):
+    """Minibatch steps in Python: gather, reference loss and gradient, clip, optimizer step."""
+
+    def __init__(self, backend, params, x, y, sample_weight, opt, state, batch_size, clip):
+        super().__init__(backend, params, opt, state)
+        self.x, self.y, self.sw, self.B, self.clip = x, y, sample_weight, batch_size, clip
+        self.grad = np.empty_like(params)
+
+    def run_epoch(self, perm, lr, check_interrupt):
+        s = self.backend.spec
+        loss_sum, seen, correct, counted, steps = 0.0, 0, 0, 0, 0
+        for start in range(0, perm.shape[0], self.B):
+            rows = perm[start : start + self.B]
+            xb, yb = self.x[rows], self.y[rows]
+            sw = None if self.sw is None else self.sw[rows]
+            c = self.backend.loss_and_grad(self.params, xb, yb, sw, self.grad)
+            norm = float(np.sqrt(np.sum(self.grad.astype(np.float64) ** 2)))
+            if not (np.isfinite(c) and np.isfinite(norm)):
+                return stats(loss_sum, seen, correct, counted, steps, diverged=True)
+            if self.clip > 0 and norm > self.clip:
+                self.grad *= self.grad.dtype.type(self.clip / (norm + 1e-12))
+            if s.is_classifier:
+                out = _ref.forward(self.params, s.sizes, s.activations, xb)
+                k, n = _ref.count_correct(s.activations[-1], out, yb)
+                correct, counted = correct + k, counted + n
+            _optim.reference_step(self.opt, self.params, self.grad, self.state, lr)
+            loss_sum += c * rows.shape[0]
+            seen += rows.shape[0]
+            steps += 1
+            check_interrupt()
+        return stats(loss_sum, seen, correct, counted, steps)
