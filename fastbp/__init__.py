@@ -12,13 +12,14 @@ _cache.register()  # before any kernel is decorated: every fastbp kernel is cach
 
 from . import activations, config, layout, losses, reference  # noqa: E402
 from ._resources import ResourceError  # noqa: E402
-from .layout import n_params, split_params, workspace_size  # noqa: E402
+from .layout import NetworkSpec, n_params, split_params, workspace_size  # noqa: E402
 from .model import MLP  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "MLP",
+    "NetworkSpec",
     "ResourceError",
     "__version__",
     "activations",

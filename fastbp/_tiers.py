@@ -9,7 +9,9 @@ twin is **ready**:
 - it is compiled in this process already, or its machine code is in the disk cache (a warm cache,
   or one filled by ``python -m fastbp compile``): it is loaded and used from the first call; or
 - the serial twin has run, in calls where the parallel one would have paid, for
-  ``config.PARALLEL_COMPILE_AFTER`` seconds in all: then the next call compiles it.  Spending as
+  ``config.PARALLEL_COMPILE_AFTER`` seconds in all: then the next call compiles it.  A call that
+  compiled (or loaded) the serial twin itself is not counted: its time is compilation, not
+  running.  Spending as
   long in the slower twin as compiling the faster one costs is the ski-rental rule: the total time
   is never more than about twice that of the best choice made in hindsight.
 
@@ -21,6 +23,7 @@ affected (compiled code cannot tier): it compiles the twins it can reach when it
 from __future__ import annotations
 
 import threading
+import time
 
 from numba.core.compiler_lock import global_compiler_lock
 
@@ -56,6 +59,17 @@ class Tiers:
                 self._ready[key] = True
             return True
         return False
+
+    def run_serial(self, serial, parallel, dtype, args):
+        """``serial(*args)``, its time charged to ``parallel`` unless the call compiled or loaded
+        ``serial`` (a new entry in its overloads)."""
+        before = len(serial.overloads)
+        t0 = time.perf_counter()
+        try:
+            return serial(*args)
+        finally:
+            if len(serial.overloads) == before:
+                self.charge(parallel, dtype, time.perf_counter() - t0)
 
     def charge(self, parallel, dtype, seconds: float) -> None:
         """Count ``seconds`` of serial running that the parallel twin ``parallel`` could have shortened."""

@@ -49,6 +49,39 @@ class Stand:
         self.overloads[(int,)] = cres
 
 
+class SerialStand:
+    """A serial twin: its first call "compiles" (adds an overload) and takes ``compile_s``, every
+    later call takes ``run_s`` (a fake clock)."""
+
+    def __init__(self, clock, compile_s, run_s):
+        self.overloads, self.clock, self.compile_s, self.run_s = {}, clock, compile_s, run_s
+
+    def __call__(self, *args):
+        if not self.overloads:
+            self.overloads[(int,)] = object()
+            self.clock[0] += self.compile_s
+        else:
+            self.clock[0] += self.run_s
+        return 7
+
+
+def test_the_serial_twins_own_compilation_is_not_charged(monkeypatch):
+    """A first call that spends 14 s compiling the serial twin must not count as 14 s of serial
+    running (it made a cold digits script compile the parallel twin too: 34 s instead of 18)."""
+    monkeypatch.setattr(fastbp.config, "PARALLEL_COMPILE_AFTER", 10.0)
+    clock = [0.0]
+    monkeypatch.setattr(_tiers.time, "perf_counter", lambda: clock[0])
+    tiers, par = _tiers.Tiers(), Stand()
+    serial = SerialStand(clock, compile_s=14.0, run_s=4.0)
+    assert tiers.run_serial(serial, par, np.float32, (1,)) == 7
+    assert not tiers.ready(par, np.float32, (1,))  # 14 s of compiling: nothing charged
+    tiers.run_serial(serial, par, np.float32, (1,))
+    tiers.run_serial(serial, par, np.float32, (1,))
+    assert not tiers.ready(par, np.float32, (1,))  # 8 s of running
+    tiers.run_serial(serial, par, np.float32, (1,))
+    assert tiers.ready(par, np.float32, (1,))  # 12 s
+
+
 def test_a_twin_that_is_neither_compiled_nor_cached_waits_until_the_serial_one_paid_for_it(monkeypatch):
     monkeypatch.setattr(fastbp.config, "PARALLEL_COMPILE_AFTER", 5.0)
     tiers = _tiers.Tiers()

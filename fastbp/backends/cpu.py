@@ -8,7 +8,6 @@ run their parallel twins; :mod:`fastbp._tiers` decides when a parallel twin is w
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 
@@ -100,11 +99,7 @@ class CpuBackend(HostBackend):
             if TIERS.ready(parallel, self.spec.dtype, args):
                 return parallel(*args)
             # Not compiled yet, and the serial twin has not yet run long enough to pay for it.
-            t0 = time.perf_counter()
-            try:
-                return serial(*args)
-            finally:
-                TIERS.charge(parallel, self.spec.dtype, time.perf_counter() - t0)
+            return TIERS.run_serial(serial, parallel, self.spec.dtype, args)
         finally:
             GATE.leave()
 
@@ -207,21 +202,22 @@ class CpuTrainer(HostTrainer):
                 counters, self.sw, self.swb, min_work]
         want = _network.parallel_pays(self.B, self.params.shape[0], False, min_work)
         par = want and TIERS.ready(_train.train_epoch_parallel, s.dtype, args)
-        run = _train.train_epoch_parallel if par else _train.train_epoch_serial
-        t_run = time.perf_counter()
         try:
             for start in range(0, perm.shape[0], self.rows):
                 args[7] = perm[start : start + self.rows]  # this slice of the epoch's minibatches
                 args[12] = t_epoch + int(counters[_train.STEPS])  # steps taken before it
-                run(*args)
+                if par:
+                    _train.train_epoch_parallel(*args)
+                elif want:  # serial time that the parallel twin would have shortened
+                    TIERS.run_serial(_train.train_epoch_serial, _train.train_epoch_parallel, s.dtype, args)
+                else:
+                    _train.train_epoch_serial(*args)
                 if counters[_train.DIVERGED]:
                     break
                 check_interrupt()
         finally:
             # The compiled loop counts the steps it completed: θ, the state and t agree.
             self.state.t = t_epoch + int(counters[_train.STEPS])
-            if want and not par:
-                TIERS.charge(_train.train_epoch_parallel, s.dtype, time.perf_counter() - t_run)
         c = counters
         return stats(c[_train.LOSS_SUM], c[_train.N_SEEN], c[_train.N_CORRECT], c[_train.N_COUNTED],
                      c[_train.STEPS], c[_train.DIVERGED] != 0)
