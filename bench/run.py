@@ -98,7 +98,8 @@ def contender(kind: str, config: str, dtype_name: str, repeats: int) -> dict:
         work = np.empty(fastbp.workspace_size(net.sizes, x.shape[0]), dtype)
         vel = np.zeros_like(net.params)
         steps = 100
-        t = _median_time(lambda: loop(net.params, net.spec.sizes, net.spec.activations, net.spec.loss, x, y, g, work, vel,
+        spec = net.spec
+        t = _median_time(lambda: loop(net.params, spec.sizes, spec.activations, spec.loss, x, y, g, work, vel,
                                       steps), repeats)
         return {"time": t / steps}
     if kind == "torch":

@@ -21,7 +21,7 @@ from fastbp.cpu.optim import adam_step
 
 @njit
 def simulate_and_learn(params, sizes, acts, loss, steps, lr, seed):
-    np.random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 - Numba's compiled generator: the legacy API in @njit code
     P = params.shape[0]
     grad = np.zeros(P)
     m = np.zeros(P)
@@ -38,7 +38,7 @@ def simulate_and_learn(params, sizes, acts, loss, steps, lr, seed):
     for t in range(steps):
         # physics: rotate by 0.1 rad, plus noise
         angle += 0.1
-        new = np.array([np.cos(angle), np.sin(angle)]) + 0.01 * np.random.standard_normal(2)
+        new = np.array([np.cos(angle), np.sin(angle)]) + 0.01 * np.random.standard_normal(2)  # noqa: NPY002
         x[0, 0], x[0, 1] = pos[0], pos[1]
         y[0, 0], y[0, 1] = new[0], new[1]
         # learning: one backpropagation step and one Adam update on this sample

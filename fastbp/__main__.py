@@ -26,7 +26,8 @@ def gradient_demo(dtype=np.float32) -> int:
     import fastbp
 
     sizes = [64, 128, 128, 10]
-    print(f"fastbp {fastbp.__version__}: gradient of {sizes} relu/relu/softmax + cross-entropy, batch 64, {np.dtype(dtype).name}")
+    print(f"fastbp {fastbp.__version__}: gradient of {sizes} relu/relu/softmax + cross-entropy, batch 64, "
+          f"{np.dtype(dtype).name}")
     rng = np.random.default_rng(0)
     x = rng.standard_normal((64, sizes[0])).astype(dtype)
     y = rng.integers(0, sizes[-1], 64)
@@ -106,12 +107,14 @@ def digits_demo(epochs: int = 30, dtype=np.float32) -> int:
     test = net.evaluate(xte, yte)
 
     t = time.perf_counter()
-    ref_params = numpy_adam_training(net.sizes, net.spec.activations, "cross_entropy", p0, xtr, ytr, epochs, 32, 1e-3, 0)
+    ref_params = numpy_adam_training(net.sizes, net.spec.activations, "cross_entropy", p0, xtr, ytr, epochs, 32,
+                                     1e-3, 0)
     ref_s = time.perf_counter() - t
     ref_net = fastbp.MLP(sizes, acts, "cross_entropy", dtype=dtype, backend="numpy")
     ref_net.params[...] = ref_params
 
-    print(f"test accuracy: {test['accuracy']:.4f} (NumPy reference training: {ref_net.evaluate(xte, yte)['accuracy']:.4f})")
+    ref_acc = ref_net.evaluate(xte, yte)["accuracy"]
+    print(f"test accuracy: {test['accuracy']:.4f} (NumPy reference training: {ref_acc:.4f})")
     print(f"time per epoch: {np.median(history['time']) * 1e3:.2f} ms (median; fit {fit_s:.2f} s in all, "
           f"validation included)")
     print(f"compile time (first call, excluded above; a disk-cache load on later runs): {compile_s:.2f} s")
@@ -225,8 +228,10 @@ def info() -> int:
     import fastbp
     from fastbp import _cache
 
-    print(f"fastbp {fastbp.__version__}, numba {numba.__version__}, numpy {np.__version__}, python {platform.python_version()}")
-    print(f"threads: {numba.get_num_threads()}, threading layer preference: {list(fastbp.config.THREADING_LAYER_PRIORITY)}")
+    print(f"fastbp {fastbp.__version__}, numba {numba.__version__}, numpy {np.__version__}, "
+          f"python {platform.python_version()}")
+    print(f"threads: {numba.get_num_threads()}, threading layer preference: "
+          f"{list(fastbp.config.THREADING_LAYER_PRIORITY)}")
     print(f"machine: {platform.machine()} {platform.processor() or ''}".rstrip())
     size, files = _cache_size(_cache.cache_dir())
     print(f"kernel cache: {_cache.cache_dir()} ({files} files, {size / 2**20:.1f} MiB; keyed by the package "

@@ -21,6 +21,10 @@ from numba.core.imputils import impl_ret_borrowed
 from numba.extending import intrinsic
 from numba.np.arrayobj import make_array, populate_array
 
+from . import activations as _A
+from . import losses as _L
+from ._validation import check_activations, check_dtype, check_loss, check_sizes
+
 __all__ = [
     "NetworkSpec",
     "n_params",
@@ -172,10 +176,6 @@ class NetworkSpec:
     __slots__ = ("_sizes", "_acts", "_loss", "_dtype", "_act_names", "_loss_name", "_wo", "_bo", "_P")
 
     def __init__(self, sizes, activations, loss, dtype):
-        from . import activations as _A
-        from . import losses as _L
-        from ._validation import check_activations, check_dtype, check_loss, check_sizes
-
         widths = check_sizes(sizes)
         names = check_activations(activations, len(widths) - 1)
         set_ = object.__setattr__

@@ -174,7 +174,7 @@ def forward(params, sizes, acts, x):
     """a^L for inputs x (N, n0)."""
     Ws, bs = split_params(params, sizes)
     a = x
-    for W, b, act in zip(Ws, bs, acts):
+    for W, b, act in zip(Ws, bs, acts, strict=True):
         _, a = linear_forward(W, b, a, act)
     return a
 
@@ -207,7 +207,7 @@ def loss_and_grad(params, sizes, acts, loss, x, y, sample_weight=None):
     Ws, bs = split_params(params, sizes)
     acts = [_act_code(a) for a in acts]
     zs, as_ = [], [x]
-    for W, b, act in zip(Ws, bs, acts):
+    for W, b, act in zip(Ws, bs, acts, strict=True):
         z, a = linear_forward(W, b, as_[-1], act)
         zs.append(z)
         as_.append(a)

@@ -163,7 +163,8 @@ def test_fused_kernel_tiles_and_sample_weights(dtype, rng):
         g = cuda.device_array(net.n_params, dtype)
         w = cuda.device_array(fastbp.workspace_size(sizes, 70), dtype)
         C = cn.loss_and_grad(
-            _d(net.params), sizes, net.spec.activations, net.spec.loss, _d(x), _d(y), g, w, sample_weight=_d(sw), fused=path
+            _d(net.params), sizes, net.spec.activations, net.spec.loss, _d(x), _d(y), g, w, sample_weight=_d(sw),
+            fused=path,
         )
         Cr, gr = ref.loss_and_grad(net.params, sizes, net.spec.activations, "mse", x, y, sample_weight=sw)
         assert_close(C, Cr, dtype, factor=FACTOR)

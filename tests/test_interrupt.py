@@ -119,7 +119,8 @@ CHILD = textwrap.dedent(
         ref.fit(x, y, epochs=done, **kw)
     if rem:
         ref.fit(x[: rem * B], y[: rem * B], epochs=1, **kw)
-    same = ref._opt_state.t == t and np.array_equal(ref.params, net.params) and np.array_equal(ref._opt_state.buffer, net._opt_state.buffer)
+    same = (ref._opt_state.t == t and np.array_equal(ref.params, net.params)
+            and np.array_equal(ref._opt_state.buffer, net._opt_state.buffer))
     h = net.fit(x, y, epochs=1, **kw)
     print("result", t, rem, int(same), int(np.isfinite(h["loss"][0]) and np.isfinite(net.params).all()), flush=True)
     """

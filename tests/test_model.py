@@ -343,7 +343,8 @@ def test_user_njit_loop_calls_the_kernels():
     losses = np.empty(steps)
     grad = np.empty(net.n_params)
     work = np.empty(fastbp.workspace_size(net.sizes, 16))
-    _user_training_loop(net.params, net.spec.sizes, net.spec.activations, net.spec.loss, x, y, grad, work, 0.5, steps, losses)
+    spec = net.spec
+    _user_training_loop(net.params, spec.sizes, spec.activations, spec.loss, x, y, grad, work, 0.5, steps, losses)
     assert losses[-1] < 0.8 * losses[0]
     # The same loop in Python through the public API gives the same parameters.
     ref = _net(dtype=np.float64)

@@ -13,7 +13,6 @@ from fastbp import cpu
 from fastbp.cpu import optim as K
 from fastbp.optim import SGD, Adam, AdamW, CosineLR, StepLR
 
-
 # -- optimizer kernels vs NumPy, step for step ----------------------------------------------------
 
 
@@ -49,7 +48,8 @@ def test_sgd_matches_numpy(mu, nesterov, wd, dtype):
         K.sgd_step(p, g, v, 0.05, mu, nesterov, wd)
         pr, vr = _np_sgd(pr, g.astype(np.float64), vr, 0.05, mu, nesterov, wd)
         assert p.dtype == dtype
-        np.testing.assert_allclose(p, pr, rtol=1e-5 if dtype == np.float32 else 1e-14, atol=1e-6 if dtype == np.float32 else 1e-15)
+        f32 = dtype == np.float32
+        np.testing.assert_allclose(p, pr, rtol=1e-5 if f32 else 1e-14, atol=1e-6 if f32 else 1e-15)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -63,7 +63,8 @@ def test_adam_matches_numpy(wd, decoupled, dtype):
         g = rng.standard_normal(7).astype(dtype)
         K.adam_step(p, g, m, v, t, 1e-2, 0.9, 0.999, 1e-8, wd, decoupled)
         pr, mr, vr = _np_adam(pr, g.astype(np.float64), mr, vr, t, 1e-2, 0.9, 0.999, 1e-8, wd, decoupled)
-        np.testing.assert_allclose(p, pr, rtol=1e-5 if dtype == np.float32 else 1e-13, atol=1e-6 if dtype == np.float32 else 1e-15)
+        f32 = dtype == np.float32
+        np.testing.assert_allclose(p, pr, rtol=1e-5 if f32 else 1e-13, atol=1e-6 if f32 else 1e-15)
 
 
 def test_clip_grad_norm():
@@ -259,7 +260,8 @@ def test_lbfgs_minimises_full_batch_loss():
     assert h["loss"][-1] < 0.1 * h["loss"][0] and len(h["loss"]) <= 30
     # The same minimisation driven directly through SciPy with the reference gradient.
     ref = _clf(np.float64)
-    res = minimize(lambda th: fastbp.reference.loss_and_grad(th, ref.sizes, ref.spec.activations, "cross_entropy", x, y),
+    res = minimize(lambda th: fastbp.reference.loss_and_grad(th, ref.sizes, ref.spec.activations, "cross_entropy",
+                                                             x, y),
                    p0, jac=True, method="L-BFGS-B", options={"maxiter": 30})
     np.testing.assert_allclose(net.params, res.x, rtol=1e-5, atol=1e-6)
 

@@ -293,7 +293,6 @@ class CudaTrainer:
         """The epoch's steps in order ``perm``; ``checked``: read loss and gradient back after each
         and stop before the first non-finite one.  Returns the steps applied."""
         b, n, B = self.b, self.n, self.B
-        ek = b.ek
         steps = 0
         for start in range(0, n, B):
             m = min(B, n - start)

@@ -8,9 +8,9 @@ and the result does not depend on the thread count.  Inlined into a
 serial function they are plain loops.  Both the public per-layer kernels and
 the whole-network kernels are compiled from these bodies.
 
-The three products are register-blocked 4 x 4 (``fastbp.config.BLOCK``): the
+The three products are register-blocked 4 x 4 (a fixed block, written out in the loops): the
 forward product as 16 dot products over the contiguous k index, BP2 and BP3
-as 4 output rows updated from 4 input rows per pass over k, so each loaded
+as 4 output rows updated from 4 input rows per pass over k (8 in float32), so each loaded
 value feeds 4 fused multiply-adds.  Sizes that 4 does not divide run the
 same arithmetic one row at a time for the remainder.
 
@@ -256,14 +256,22 @@ def backprop_delta_body(W, delta_next, z, act, delta, z_is_derivative=False):
             if _single(zero):  # float64 runs faster with the 4-row loop alone
                 # 4 rows of δ from 8 rows of W per pass over k: 32 multiply-adds per 4 stores.
                 while j + 8 <= n_next:
-                    c00, c01, c02, c03 = delta_next[r0, j], delta_next[r0, j + 1], delta_next[r0, j + 2], delta_next[r0, j + 3]
-                    c04, c05, c06, c07 = delta_next[r0, j + 4], delta_next[r0, j + 5], delta_next[r0, j + 6], delta_next[r0, j + 7]
-                    c10, c11, c12, c13 = delta_next[r0 + 1, j], delta_next[r0 + 1, j + 1], delta_next[r0 + 1, j + 2], delta_next[r0 + 1, j + 3]
-                    c14, c15, c16, c17 = delta_next[r0 + 1, j + 4], delta_next[r0 + 1, j + 5], delta_next[r0 + 1, j + 6], delta_next[r0 + 1, j + 7]
-                    c20, c21, c22, c23 = delta_next[r0 + 2, j], delta_next[r0 + 2, j + 1], delta_next[r0 + 2, j + 2], delta_next[r0 + 2, j + 3]
-                    c24, c25, c26, c27 = delta_next[r0 + 2, j + 4], delta_next[r0 + 2, j + 5], delta_next[r0 + 2, j + 6], delta_next[r0 + 2, j + 7]
-                    c30, c31, c32, c33 = delta_next[r0 + 3, j], delta_next[r0 + 3, j + 1], delta_next[r0 + 3, j + 2], delta_next[r0 + 3, j + 3]
-                    c34, c35, c36, c37 = delta_next[r0 + 3, j + 4], delta_next[r0 + 3, j + 5], delta_next[r0 + 3, j + 6], delta_next[r0 + 3, j + 7]
+                    c00, c01 = delta_next[r0, j], delta_next[r0, j + 1]
+                    c02, c03 = delta_next[r0, j + 2], delta_next[r0, j + 3]
+                    c04, c05 = delta_next[r0, j + 4], delta_next[r0, j + 5]
+                    c06, c07 = delta_next[r0, j + 6], delta_next[r0, j + 7]
+                    c10, c11 = delta_next[r0 + 1, j], delta_next[r0 + 1, j + 1]
+                    c12, c13 = delta_next[r0 + 1, j + 2], delta_next[r0 + 1, j + 3]
+                    c14, c15 = delta_next[r0 + 1, j + 4], delta_next[r0 + 1, j + 5]
+                    c16, c17 = delta_next[r0 + 1, j + 6], delta_next[r0 + 1, j + 7]
+                    c20, c21 = delta_next[r0 + 2, j], delta_next[r0 + 2, j + 1]
+                    c22, c23 = delta_next[r0 + 2, j + 2], delta_next[r0 + 2, j + 3]
+                    c24, c25 = delta_next[r0 + 2, j + 4], delta_next[r0 + 2, j + 5]
+                    c26, c27 = delta_next[r0 + 2, j + 6], delta_next[r0 + 2, j + 7]
+                    c30, c31 = delta_next[r0 + 3, j], delta_next[r0 + 3, j + 1]
+                    c32, c33 = delta_next[r0 + 3, j + 2], delta_next[r0 + 3, j + 3]
+                    c34, c35 = delta_next[r0 + 3, j + 4], delta_next[r0 + 3, j + 5]
+                    c36, c37 = delta_next[r0 + 3, j + 6], delta_next[r0 + 3, j + 7]
                     for k in range(n):
                         w0 = W[j, k]
                         w1 = W[j + 1, k]
@@ -283,10 +291,14 @@ def backprop_delta_body(W, delta_next, z, act, delta, z_is_derivative=False):
                             (c34 * w4 + c35 * w5) + (c36 * w6 + c37 * w7))
                     j += 8
             while j + 4 <= n_next:
-                c00, c01, c02, c03 = delta_next[r0, j], delta_next[r0, j + 1], delta_next[r0, j + 2], delta_next[r0, j + 3]
-                c10, c11, c12, c13 = delta_next[r0 + 1, j], delta_next[r0 + 1, j + 1], delta_next[r0 + 1, j + 2], delta_next[r0 + 1, j + 3]
-                c20, c21, c22, c23 = delta_next[r0 + 2, j], delta_next[r0 + 2, j + 1], delta_next[r0 + 2, j + 2], delta_next[r0 + 2, j + 3]
-                c30, c31, c32, c33 = delta_next[r0 + 3, j], delta_next[r0 + 3, j + 1], delta_next[r0 + 3, j + 2], delta_next[r0 + 3, j + 3]
+                c00, c01 = delta_next[r0, j], delta_next[r0, j + 1]
+                c02, c03 = delta_next[r0, j + 2], delta_next[r0, j + 3]
+                c10, c11 = delta_next[r0 + 1, j], delta_next[r0 + 1, j + 1]
+                c12, c13 = delta_next[r0 + 1, j + 2], delta_next[r0 + 1, j + 3]
+                c20, c21 = delta_next[r0 + 2, j], delta_next[r0 + 2, j + 1]
+                c22, c23 = delta_next[r0 + 2, j + 2], delta_next[r0 + 2, j + 3]
+                c30, c31 = delta_next[r0 + 3, j], delta_next[r0 + 3, j + 1]
+                c32, c33 = delta_next[r0 + 3, j + 2], delta_next[r0 + 3, j + 3]
                 for k in range(n):
                     w0 = W[j, k]
                     w1 = W[j + 1, k]
@@ -298,7 +310,8 @@ def backprop_delta_body(W, delta_next, z, act, delta, z_is_derivative=False):
                     delta[r0 + 3, k] += c30 * w0 + c31 * w1 + c32 * w2 + c33 * w3
                 j += 4
             for jj in range(j, n_next):
-                c0, c1, c2, c3 = delta_next[r0, jj], delta_next[r0 + 1, jj], delta_next[r0 + 2, jj], delta_next[r0 + 3, jj]
+                c0, c1 = delta_next[r0, jj], delta_next[r0 + 1, jj]
+                c2, c3 = delta_next[r0 + 2, jj], delta_next[r0 + 3, jj]
                 for k in range(n):
                     w = W[jj, k]
                     delta[r0, k] += c0 * w
@@ -338,12 +351,18 @@ def weight_bias_grad_body(delta, a_prev, gW, gb, with_bias=True):
                 while r + 8 <= N:
                     c00, c01, c02, c03 = delta[r, j0], delta[r + 1, j0], delta[r + 2, j0], delta[r + 3, j0]
                     c04, c05, c06, c07 = delta[r + 4, j0], delta[r + 5, j0], delta[r + 6, j0], delta[r + 7, j0]
-                    c10, c11, c12, c13 = delta[r, j0 + 1], delta[r + 1, j0 + 1], delta[r + 2, j0 + 1], delta[r + 3, j0 + 1]
-                    c14, c15, c16, c17 = delta[r + 4, j0 + 1], delta[r + 5, j0 + 1], delta[r + 6, j0 + 1], delta[r + 7, j0 + 1]
-                    c20, c21, c22, c23 = delta[r, j0 + 2], delta[r + 1, j0 + 2], delta[r + 2, j0 + 2], delta[r + 3, j0 + 2]
-                    c24, c25, c26, c27 = delta[r + 4, j0 + 2], delta[r + 5, j0 + 2], delta[r + 6, j0 + 2], delta[r + 7, j0 + 2]
-                    c30, c31, c32, c33 = delta[r, j0 + 3], delta[r + 1, j0 + 3], delta[r + 2, j0 + 3], delta[r + 3, j0 + 3]
-                    c34, c35, c36, c37 = delta[r + 4, j0 + 3], delta[r + 5, j0 + 3], delta[r + 6, j0 + 3], delta[r + 7, j0 + 3]
+                    c10, c11 = delta[r, j0 + 1], delta[r + 1, j0 + 1]
+                    c12, c13 = delta[r + 2, j0 + 1], delta[r + 3, j0 + 1]
+                    c14, c15 = delta[r + 4, j0 + 1], delta[r + 5, j0 + 1]
+                    c16, c17 = delta[r + 6, j0 + 1], delta[r + 7, j0 + 1]
+                    c20, c21 = delta[r, j0 + 2], delta[r + 1, j0 + 2]
+                    c22, c23 = delta[r + 2, j0 + 2], delta[r + 3, j0 + 2]
+                    c24, c25 = delta[r + 4, j0 + 2], delta[r + 5, j0 + 2]
+                    c26, c27 = delta[r + 6, j0 + 2], delta[r + 7, j0 + 2]
+                    c30, c31 = delta[r, j0 + 3], delta[r + 1, j0 + 3]
+                    c32, c33 = delta[r + 2, j0 + 3], delta[r + 3, j0 + 3]
+                    c34, c35 = delta[r + 4, j0 + 3], delta[r + 5, j0 + 3]
+                    c36, c37 = delta[r + 6, j0 + 3], delta[r + 7, j0 + 3]
                     b0 += ((c00 + c01) + (c02 + c03)) + ((c04 + c05) + (c06 + c07))
                     b1 += ((c10 + c11) + (c12 + c13)) + ((c14 + c15) + (c16 + c17))
                     b2 += ((c20 + c21) + (c22 + c23)) + ((c24 + c25) + (c26 + c27))
