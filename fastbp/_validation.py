@@ -184,7 +184,7 @@ def check_x(spec, x, name: str = "x") -> tuple[np.ndarray, bool]:
     """(x as a C-contiguous (N, n0) array of the spec's dtype, checked finite; whether x was 1-D)."""
     arr = as_array(name, x)
     single = arr.ndim == 1
-    arr = check_batch(name, arr, int(spec.sizes[0]))
+    arr = check_batch(name, arr, spec.n_inputs)
     return as_float_matrix(name, arr, spec.dtype), single
 
 
@@ -194,7 +194,7 @@ def check_y(spec, y, n: int, name: str = "y") -> np.ndarray:
     Integer class labels of shape (N,) stand for one-hot rows (cross-entropy, or any loss with
     nL > 1); with one output and another loss, an (N,) array holds the targets.
     """
-    n_out = int(spec.sizes[-1])
+    n_out = spec.n_outputs
     arr = as_array(name, y)
     if arr.ndim == 0:
         arr = arr.reshape(1)

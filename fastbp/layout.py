@@ -169,70 +169,75 @@ class NetworkSpec:
         L.
     n_params : int
         Length of θ.
+    n_inputs, n_outputs : int
+        n0 and nL.
     weight_offsets, bias_offsets : tuple of int
         Where W^l and b^l start in θ (0-based layer index).
     """
 
-    __slots__ = ("_sizes", "_acts", "_loss", "_dtype", "_act_names", "_loss_name", "_wo", "_bo", "_P")
+    # Plain slots (C-level attribute reads: the model reads them on every call), set once here;
+    # __setattr__ refuses any later change.
+    __slots__ = ("sizes", "activations", "loss", "dtype", "activation_names", "loss_name", "weight_offsets",
+                 "bias_offsets", "n_params", "n_inputs", "n_outputs", "_widths")
 
     def __init__(self, sizes, activations, loss, dtype):
         widths = check_sizes(sizes)
         names = check_activations(activations, len(widths) - 1)
-        set_ = object.__setattr__
-        set_(self, "_loss_name", check_loss(loss, names[-1]))
-        set_(self, "_dtype", check_dtype(dtype))
-        set_(self, "_sizes", _frozen(widths))
-        set_(self, "_acts", _frozen([_A.CODES[a] for a in names]))
-        set_(self, "_loss", _L.CODES[self._loss_name])
-        set_(self, "_act_names", names)
+        loss_name = check_loss(loss, names[-1])
         wo, bo, off = [], [], 0
         for n_in, n_out in zip(widths[:-1], widths[1:], strict=True):
             wo.append(off)
             bo.append(off + n_out * n_in)
             off += n_out * n_in + n_out
-        set_(self, "_wo", tuple(wo))
-        set_(self, "_bo", tuple(bo))
-        set_(self, "_P", off)
+        values = {
+            "sizes": _frozen(widths),
+            "activations": _frozen([_A.CODES[a] for a in names]),
+            "loss": _L.CODES[loss_name],
+            "dtype": check_dtype(dtype),
+            "activation_names": names,
+            "loss_name": loss_name,
+            "weight_offsets": tuple(wo),
+            "bias_offsets": tuple(bo),
+            "n_params": off,
+            "n_inputs": widths[0],
+            "n_outputs": widths[-1],
+            "_widths": widths,
+        }
+        for k, v in values.items():
+            object.__setattr__(self, k, v)
 
     def __setattr__(self, name, value):
         raise AttributeError(f"NetworkSpec is immutable (cannot set {name!r})")
 
-    sizes = property(lambda self: self._sizes, doc="Layer widths [n0, ..., nL] (read-only int64 array).")
-    activations = property(lambda self: self._acts, doc="Activation codes, one per layer (read-only int64).")
-    loss = property(lambda self: self._loss, doc="Loss code.")
-    dtype = property(lambda self: self._dtype, doc="Floating-point dtype of θ, activations and gradients.")
-    activation_names = property(lambda self: self._act_names, doc="Activation names, one per layer.")
-    loss_name = property(lambda self: self._loss_name, doc="Loss name.")
-    n_params = property(lambda self: self._P, doc="Length of θ.")
-    weight_offsets = property(lambda self: self._wo, doc="Offset of W^l in θ for each layer.")
-    bias_offsets = property(lambda self: self._bo, doc="Offset of b^l in θ for each layer.")
+    def __delattr__(self, name):
+        raise AttributeError(f"NetworkSpec is immutable (cannot delete {name!r})")
 
     @property
     def n_layers(self) -> int:
         """L, the number of layers with parameters."""
-        return len(self._act_names)
+        return len(self.activation_names)
 
     @property
     def is_classifier(self) -> bool:
         """Softmax + cross-entropy or sigmoid + binary cross-entropy: ``evaluate`` reports accuracy."""
-        return self._act_names[-1] in ("softmax", "sigmoid") and self._loss_name in (
+        return self.activation_names[-1] in ("softmax", "sigmoid") and self.loss_name in (
             "cross_entropy", "binary_cross_entropy")
 
     @property
     def widths(self) -> tuple[int, ...]:
         """``sizes`` as a tuple of Python ints."""
-        return tuple(int(v) for v in self._sizes)
+        return self._widths
 
     def workspace_size(self, n_samples: int) -> int:
         """Elements of the workspace the whole-network kernels need for a batch of ``n_samples``."""
-        return workspace_size(self._sizes, n_samples)
+        return workspace_size(self._widths, n_samples)
 
     def split(self, params: np.ndarray) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
         """Views (W^1..W^L, b^1..b^L) into θ."""
-        return split_params(params, self._sizes)
+        return split_params(params, self._widths)
 
     def _key(self):
-        return (self.widths, self._act_names, self._loss_name, self._dtype.name)
+        return (self._widths, self.activation_names, self.loss_name, self.dtype.name)
 
     def __eq__(self, other):
         return isinstance(other, NetworkSpec) and self._key() == other._key()
@@ -241,8 +246,8 @@ class NetworkSpec:
         return hash(self._key())
 
     def __reduce__(self):
-        return (NetworkSpec, (self.widths, self._act_names, self._loss_name, self._dtype))
+        return (NetworkSpec, (self._widths, self.activation_names, self.loss_name, self.dtype))
 
     def __repr__(self) -> str:
-        return (f"NetworkSpec(sizes={list(self.widths)}, activations={list(self._act_names)}, "
-                f"loss={self._loss_name!r}, dtype=np.{self._dtype.name})")
+        return (f"NetworkSpec(sizes={list(self._widths)}, activations={list(self.activation_names)}, "
+                f"loss={self.loss_name!r}, dtype=np.{self.dtype.name})")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
 from .. import _validation as V
@@ -11,24 +13,19 @@ _NO_LABELS = np.empty(0, dtype=np.int64)  # writeable: a read-only array is anot
 
 
 class HostBackend:
-    """Checks of host data, shared by the backends whose arrays are NumPy arrays."""
+    """Checks of host data, shared by the backends whose arrays are NumPy arrays: the functions
+    of :mod:`fastbp._validation` bound to the spec (``check_x(x, name="x")``,
+    ``check_y(y, n, name="y")``, ``check_sample_weight(sample_weight, n)``,
+    ``check_out(out, params)``; bound once: the model calls them on every call)."""
 
     name = ""
 
     def __init__(self, spec):
         self.spec = spec
-
-    def check_x(self, x, name="x"):
-        return V.check_x(self.spec, x, name)
-
-    def check_y(self, y, n, name="y"):
-        return V.check_y(self.spec, y, n, name)
-
-    def check_sample_weight(self, sample_weight, n):
-        return V.check_sample_weight(self.spec, sample_weight, n)
-
-    def check_out(self, out, params):
-        return V.check_out(self.spec, out, params)
+        self.check_x = partial(V.check_x, spec)
+        self.check_y = partial(V.check_y, spec)
+        self.check_sample_weight = partial(V.check_sample_weight, spec)
+        self.check_out = partial(V.check_out, spec)
 
 
 class HostTrainer:

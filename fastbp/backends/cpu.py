@@ -152,7 +152,11 @@ class CpuBackend(HostBackend):
     def loss_and_grad(self, params, x, y, sample_weight, grad):
         s = self.spec
         n = x.shape[0]
-        yk, lab, sw = self.kernel_targets(y, sample_weight)
+        if y.ndim == 1:  # kernel_targets, inlined: this is the per-call hot path
+            yk, lab = self._no_targets, y
+        else:
+            yk, lab = y, _NO_LABELS
+        sw = self._no_weights if sample_weight is None else sample_weight
         c = self._run_twin(_network._loss_and_grad_serial, _network._loss_and_grad_parallel, n, params.shape[0],
                            False, params, s.sizes, s.activations, s.loss, x, yk, lab, grad, self.workspace(n), sw)
         return float(c)
