@@ -178,7 +178,7 @@ def _compile_task(dtype_name: str, task: str, ykind: str | None, weights: bool) 
         net.evaluate(x, y)
         zL = np.empty((N, sizes[-1]), dtype)
         yk, lab, swk = net._backend.kernel_targets(y)
-        _layers.output_delta_body(net.spec.loss, net.spec.activations[-1], zL, zL.copy(), yk, lab, zL, swk, False)
+        _layers.loss_body(net.spec.loss, zL, zL.copy(), yk, lab, swk)
     what = f"{dtype_name} {task}" + (f", {ykind}" if ykind else "") + (", sample_weight" if weights else "")
     return what, time.perf_counter() - t0
 

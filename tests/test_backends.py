@@ -314,3 +314,41 @@ def test_only_the_factory_maps_backend_names():
     root = pathlib.Path(fastbp.__file__).parent
     hits = [str(p.relative_to(root)) for p in root.rglob("*.py") if "backend ==" in p.read_text()]
     assert hits == ["backends/__init__.py"]
+
+
+# ---- evaluate: the loss without the backward pass ----------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "loss,act,labels",
+    [("mse", "tanh", False), ("mse", "softmax", False), ("cross_entropy", "softmax", True),
+     ("cross_entropy", "softmax", False), ("binary_cross_entropy", "sigmoid", False)],
+)
+def test_loss_body_is_the_loss_of_bp1(loss, act, labels, dtype):
+    """The loss that evaluate computes (no δ) against BP1's loss and the reference's, with and
+    without weights, at large |z| too (stable cross-entropies)."""
+    from fastbp import reference as ref
+    from fastbp.cpu import _layers
+
+    rng = np.random.default_rng(7)
+    N, n = 7, 3
+    z = (rng.standard_normal((N, n)) * 30).astype(dtype)
+    a = ref.activation(act, z).astype(dtype)
+    if labels:
+        lab, y = rng.integers(0, n, N), np.empty((0, n), dtype)
+        target = lab
+    else:
+        y = rng.random((N, n)).astype(dtype)
+        if loss == "cross_entropy":
+            y /= y.sum(axis=1, keepdims=True)
+        lab, target = np.empty(0, np.int64), y
+    code = fastbp.losses.CODES[loss]
+    for sw in (np.empty(0, dtype), rng.random(N).astype(dtype)):
+        c = _layers.loss_body(code, z, a, y, lab, sw)
+        c_bp1 = _layers.output_delta_body(code, fastbp.activations.CODES[act], z.copy(), a, y, lab, np.empty_like(z),
+                                          sw, False)
+        c_ref, _ = ref.output_delta(loss, act, z, a, target, sw if sw.size else None)
+        assert np.isfinite(c)
+        np.testing.assert_allclose(c, c_bp1, rtol=1e-6 if dtype == np.float32 else 1e-13)
+        np.testing.assert_allclose(c, c_ref, rtol=2e-5 if dtype == np.float32 else 1e-12)

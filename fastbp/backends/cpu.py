@@ -120,7 +120,7 @@ class CpuBackend(HostBackend):
         return out
 
     def loss(self, params, x, y) -> tuple[float, np.ndarray]:
-        """(C, a^L): the forward twin (what predict runs) and BP1 for C; no backward pass."""
+        """(C, a^L): the forward twin (what predict runs) and the loss of a^L; no δ, no backward pass."""
         s = self.spec
         n, nL = x.shape[0], int(s.sizes[-1])
         step = self.chunk_rows()
@@ -138,8 +138,7 @@ class CpuBackend(HostBackend):
         zL = work[zo : zo + n * nL].reshape(n, nL)
         aL = work[zo + n * nL : zo + 2 * n * nL].reshape(n, nL)
         yk, lab, sw = self.kernel_targets(y)
-        c = _layers.output_delta_body(s.loss, s.activations[-1], zL, aL, yk, lab, zL, sw, False)
-        return float(c), out
+        return float(_layers.loss_body(s.loss, zL, aL, yk, lab, sw)), out
 
     def evaluate(self, params, x, y):
         c, out = self.loss(params, x, y)

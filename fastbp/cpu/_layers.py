@@ -27,7 +27,7 @@ from numba.extending import overload
 from .._math import _single
 from ..activations import activate_and_derive_rows, activate_rows, scale_by_derivative_rows
 from ..config import FASTMATH
-from ..losses import output_delta_at
+from ..losses import BINARY_CROSS_ENTROPY, CROSS_ENTROPY, output_delta_at
 
 _inline = njit(inline="always")
 
@@ -205,6 +205,56 @@ def output_delta_body(loss, act, z, a, y, labels, delta, sample_weight, z_is_der
             term = output_delta_at(loss, act, z, a, y, label, w, delta, r)
         total += wr * term
     return total if weighted else total / N
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def loss_body(loss, z, a, y, labels, sample_weight):
+    """C alone, without δ^L: what ``evaluate`` needs after the forward pass (O(N n_L), no σ').
+
+    Arguments as for :func:`output_delta_body`; the loss terms are those of
+    :func:`fastbp.losses.output_delta_at` (cross-entropies from z, stable for any finite z).
+    """
+    N, n = a.shape
+    T = z.dtype.type
+    one = T(1.0)
+    zero = T(0.0)
+    has_labels = labels.shape[0] > 0
+    weighted = sample_weight.shape[0] > 0
+    w_total = 0.0
+    total = 0.0
+    for r in range(N):
+        label = labels[r] if has_labels else -1
+        term = 0.0
+        if loss == CROSS_ENTROPY:
+            m = z[r, 0]
+            for i in range(1, n):
+                if z[r, i] > m:
+                    m = z[r, i]
+            s = zero
+            for i in range(n):
+                s += np.exp(z[r, i] - m)
+            lse = m + np.log(s)
+            for i in range(n):
+                yi = (one if i == label else zero) if has_labels else y[r, i]
+                term += yi * (lse - z[r, i])
+        elif loss == BINARY_CROSS_ENTROPY:
+            for i in range(n):
+                yi = (one if i == label else zero) if has_labels else y[r, i]
+                zi = z[r, i]
+                term += max(zi, zero) - zi * yi + np.log1p(np.exp(-abs(zi)))
+        else:
+            for i in range(n):
+                yi = (one if i == label else zero) if has_labels else y[r, i]
+                d = a[r, i] - yi
+                term += 0.5 * d * d
+        if weighted:
+            w_total += sample_weight[r]
+            total += sample_weight[r] * term
+        else:
+            total += term
+    if weighted:
+        return total / w_total if w_total > 0 else 0.0
+    return total / N
 
 
 def normalised_targets(y, sample_weight, n_out, like):
