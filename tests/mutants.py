@@ -1,0 +1,116 @@
+"""Mutation check: small, realistic errors injected into the kernels must make the tests fail.
+
+    python tests/mutants.py [--tests tests/test_bounds.py] [--only NAME ...] [--list]
+
+For each mutation, a temporary copy of the repository gets one source edit (each must match
+exactly once), and the chosen tests run against that copy with a fresh Numba cache; a mutation
+is *caught* when they fail.  The unmutated copy runs first and must pass.  Each mutant
+recompiles the kernels it touches, about a minute each on 2 cores, so this runs by hand (or
+on a CI machine with the time), not in ``.ci/run``; the README lists the last result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+LAYERS = "fastbp/cpu/_layers.py"
+_BP2_4ROW = (  # the loads of BP2's 4-row block (the 8-row one loads w4..w7 after them)
+    "                    w1 = W[j + 1, k]\n"
+    "                    w2 = W[j + 2, k]\n"
+    "                    w3 = W[j + 3, k]\n"
+    "                    delta[r0, k] += c00 * w0"
+)
+
+#: name -> (file, original text, mutated text): each a one-token slip a kernel author could make.
+MUTATIONS = {
+    # issue #17's example: one of the 32 products of the float32 8-sample BP3 block off by 5e-4
+    "bp3-8-sample-block-scaled-term": (
+        LAYERS, "                    gW[j0, k] += ((c00 * x0 + c01 * x1)",
+        "                    gW[j0, k] += ((c00 * x0 * 1.0005 + c01 * x1)"),
+    "bp3-sample-tail-off-by-one": (
+        LAYERS, "            for rr in range(r, N):", "            for rr in range(r + 1, N):"),
+    "bp2-8-row-block-scaled-term": (
+        LAYERS, "                        delta[r0, k] += ((c00 * w0 + c01 * w1)",
+        "                        delta[r0, k] += ((c00 * w0 * 1.0005 + c01 * w1)"),
+    "bp2-column-tail-off-by-one": (
+        LAYERS, "            for jj in range(j, n_next):", "            for jj in range(j + 1, n_next):"),
+    "bp2-swapped-index": (
+        LAYERS, _BP2_4ROW, _BP2_4ROW.replace("w1 = W[j + 1, k]", "w1 = W[j + 2, k]")),
+    "bp2-dropped-sigma-prime": (
+        "fastbp/activations.py", "                out[r, i] = g[r, i] * derivative(code, z[r, i])",
+        "                out[r, i] = g[r, i]"),
+    "forward-4x4-block-scaled-term": (
+        LAYERS, "                    s00 += x0 * w0", "                    s00 += x0 * w0 * 1.0001"),
+    "tanh-polynomial-constant": (
+        "fastbp/_math.py", "        p = p * x2 + T(2.06390887954e-2)", "        p = p * x2 + T(2.07390887954e-2)"),
+}
+
+
+def _copy(dst: pathlib.Path) -> None:
+    for name in ("fastbp", "tests", "conftest.py", "pyproject.toml"):
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dst / name)
+
+
+def _run(tree: pathlib.Path, tests: list[str]) -> tuple[bool, float, str]:
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env["NUMBA_CACHE_DIR"] = str(tree / ".numba-cache")
+    env["PYTHONPATH"] = str(tree)
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+                       cwd=tree, env=env, capture_output=True, text=True)
+    lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
+    return r.returncode == 0, time.perf_counter() - t0, lines[-1] if lines else r.stderr[-200:]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tests", nargs="+", default=["tests/test_bounds.py"])
+    ap.add_argument("--only", nargs="+", choices=sorted(MUTATIONS))
+    ap.add_argument("--list", action="store_true")
+    args = ap.parse_args()
+    if args.list:
+        for name, (path, _, _) in MUTATIONS.items():
+            print(f"{name}  ({path})")
+        return 0
+    names = args.only or list(MUTATIONS)
+    with tempfile.TemporaryDirectory() as tmp:
+        base = pathlib.Path(tmp) / "base"
+        _copy(base)
+        ok, secs, last = _run(base, args.tests)
+        print(f"| unmutated | {'pass' if ok else 'FAIL'} | {secs:.0f} s | {last} |", flush=True)
+        if not ok:
+            return 2
+        missed = []
+        for name in names:
+            path, old, new = MUTATIONS[name]
+            tree = pathlib.Path(tmp) / name
+            _copy(tree)
+            source = (tree / path).read_text()
+            if source.count(old) != 1:
+                print(f"| {name} | NOT APPLIED ({source.count(old)} matches) | | |", flush=True)
+                missed.append(name)
+                continue
+            (tree / path).write_text(source.replace(old, new))
+            passed, secs, last = _run(tree, args.tests)
+            print(f"| {name} | {'MISSED' if passed else 'caught'} | {secs:.0f} s | {last} |", flush=True)
+            if passed:
+                missed.append(name)
+            shutil.rmtree(tree, ignore_errors=True)
+    print(f"{len(names) - len(missed)} of {len(names)} mutations caught" + (f"; missed: {missed}" if missed else ""))
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
