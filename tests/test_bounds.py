@@ -102,6 +102,11 @@ def _forward_bound(inp, act, dtype):
     W, b, a_prev, _ = (np.abs(_exact(v)) for v in inp)
     bz = gamma(W.shape[1] + 1, dtype) * (a_prev @ W.T + b)
     a = np.abs(_forward_exact(inp, act)[1])
+    if act == "softmax":
+        # |Δa_j| <= a_j (|Δz_j| + Σ_i a_i |Δz_i|) <= 2 a_j max_i |Δz_i|, then the exps, the row
+        # sum of n terms and the division: (n + 4) u a_j, doubled for slack
+        n = a.shape[1]
+        return bz, 2 * a * bz.max(axis=1, keepdims=True) + 2 * (n + 4) * UNIT[dtype] * a
     ba = LIPSCHITZ[act] * bz + (ACT_ULPS[act] + 1) * UNIT[dtype] * 2 * a
     return bz, ba
 
@@ -168,7 +173,7 @@ def _grad_bound(inp, act, dtype):
 
 COMPARISONS = [
     Comparison("linear_forward", _variant("linear_forward"), _run_forward, _forward_exact, _forward_bound,
-               tuple(ACTS)),
+               (*ACTS, "softmax")),
     Comparison("backprop_delta", _variant("backprop_delta"), _run_bp2, _bp2_exact, _bp2_bound,
                ("identity", "sigmoid", "tanh", "leaky_relu")),
     Comparison("weight_grad", _variant("weight_grad"), _run_wgrad, lambda i, a: _grad_exact(i, a)[:1],

@@ -245,8 +245,13 @@ def test_optimizer_steps_match_cpu(dtype, rng):
 # ---- the MLP contract --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("sizes,acts,loss,labels", [NETS[0], NETS[1], ([3, 70, 2], ["gelu", "identity"], "mse", False)])
+_WIDE = ([3, 70, 2], ["gelu", "identity"], "mse", False)  # the layered path (float64: the fit test below)
+
+
+@pytest.mark.parametrize(
+    "sizes,acts,loss,labels,dtype",
+    [(*net, dt) for net in (NETS[0], NETS[1]) for dt in DTYPES] + [(*_WIDE, np.float32)],
+)
 def test_mlp_cuda_matches_cpu(sizes, acts, loss, labels, dtype, rng):
     cpu = fastbp.MLP(sizes, acts, loss, dtype=dtype, seed=4)
     gpu = fastbp.MLP(sizes, acts, loss, dtype=dtype, seed=4, backend="cuda")
