@@ -49,6 +49,17 @@ MUTATIONS = {
         "                out[r, i] = g[r, i]"),
     "forward-4x4-block-scaled-term": (
         LAYERS, "                    s00 += x0 * w0", "                    s00 += x0 * w0 * 1.0001"),
+    # paths of the whole-network training step only (checked by the propagated network bound)
+    "small-input-forward-one-column-scaled": (
+        LAYERS,
+        "                c = a_prev[r, k]\n                for j in range(n_out):\n                    z[r, j] += c",
+        "                c = a_prev[r, k] * (1.0005 if k == 1 else 1.0)\n                for j in range(n_out):\n"
+        "                    z[r, j] += c"),
+    "small-input-bp3-last-sample-dropped": (
+        LAYERS, "    for r in range(N):\n        for j in range(n_out):\n            gb[j] += delta[r, j]",
+        "    for r in range(N - 1):\n        for j in range(n_out):\n            gb[j] += delta[r, j]"),
+    "stored-sigma-prime-dropped-in-bp1": (
+        LAYERS, "                delta[r, i] = w * d * z[r, i]", "                delta[r, i] = w * d"),
     "tanh-polynomial-constant": (
         "fastbp/_math.py", "        p = p * x2 + T(2.06390887954e-2)", "        p = p * x2 + T(2.07390887954e-2)"),
 }

@@ -224,3 +224,106 @@ def test_the_bound_is_tight_enough_to_see_a_one_term_error():
     assert np.all(np.abs(gW - exact) <= bound)
     wrong = gW + np.float32(5e-4) * (delta[3][:, None] * a_prev[3][None, :])
     assert np.mean(np.abs(wrong - exact) > bound) > 0.25
+
+
+# ---- the whole network: a first-order error bound propagated layer by layer ----------------------
+
+# |σ''| bounds (how fast σ' moves with z) for the hidden activations tested here; relu is left out:
+# a rounding that moves z across 0 flips σ' between 0 and 1, which no first-order bound covers.
+SECOND = {"identity": 0.0, "tanh": 0.77, "sigmoid": 0.1}
+NETWORKS = [
+    # (sizes, hidden activation, loss, output activation, labels): narrow inputs take the
+    # transposed small-input path of the training step (n0 <= config.SMALL_INPUT), wide ones the
+    # blocked kernels; mse with an elementwise output takes BP1 from the stored σ'.
+    ([3, 13, 5, 1], "tanh", "mse", "identity", False),
+    ([5, 9, 4], "sigmoid", "mse", "tanh", False),
+    ([17, 11, 7, 3], "tanh", "cross_entropy", "softmax", True),
+    ([8, 65, 4], "identity", "cross_entropy", "softmax", False),
+]
+
+
+def _network_bound(params, sizes, hidden, loss, out_act, x, y):
+    """(exact C, exact ∂C/∂θ, entry-wise bound on the float32 gradient's error), float64."""
+    u = UNIT[np.float32]
+    L = len(sizes) - 1
+    acts = [hidden] * (L - 1) + [out_act]
+    Ws, bs = _split(params, sizes)
+    N = x.shape[0]
+    a, ea = [x], [np.zeros_like(x)]  # activations and bounds on their errors
+    zs, ez = [], []
+    for l in range(L):
+        W, b = Ws[l], bs[l]
+        z = a[-1] @ W.T + b
+        e = gamma(W.shape[1] + 1, np.float32) * (np.abs(a[-1]) @ np.abs(W).T + np.abs(b)) + ea[-1] @ np.abs(W).T
+        act = R.activation(acts[l], z)
+        if acts[l] == "softmax":
+            e_a = 2 * act * e.max(axis=1, keepdims=True) + 2 * (act.shape[1] + 4) * u * act
+        else:
+            e_a = LIPSCHITZ[acts[l]] * e + (ACT_ULPS[acts[l]] + 1) * 2 * u * np.abs(act)
+        zs.append(z)
+        ez.append(e)
+        a.append(act)
+        ea.append(e_a)
+    t = y if y.ndim == 2 else np.eye(sizes[-1])[y]
+    aL, eL = a[-1], ea[-1]
+    if loss == "cross_entropy" or out_act == "identity":
+        delta = (aL - t) / N
+        e_delta = eL / N + 2 * u * np.abs(delta)
+    else:  # mse through an elementwise output: (a − y) σ'(z) / N
+        d = R.activation_derivative(out_act, zs[-1])
+        delta = (aL - t) * d / N
+        e_d = SECOND[out_act] * ez[-1] + 8 * u
+        e_delta = (eL * np.abs(d) + np.abs(aL - t) * e_d) / N + 4 * u * np.abs(delta)
+    C, grad = R.loss_and_grad(params, sizes, [A.CODES[v] for v in acts], loss, x, y)
+    bound = np.empty_like(params)
+    gWs, gbs = _split(bound, sizes)
+    for l in range(L - 1, -1, -1):
+        P, eP = np.abs(a[l]), ea[l]
+        gWs[l][...] = gamma(N, np.float32) * (np.abs(delta).T @ P) + e_delta.T @ P + np.abs(delta).T @ eP
+        gbs[l][...] = gamma(N, np.float32) * np.abs(delta).sum(axis=0) + e_delta.sum(axis=0)
+        if l > 0:
+            W = Ws[l]
+            d = R.activation_derivative(hidden, zs[l - 1])
+            prod = delta @ W
+            e_prod = gamma(W.shape[0], np.float32) * (np.abs(delta) @ np.abs(W)) + e_delta @ np.abs(W)
+            new = prod * d
+            e_delta = (e_prod * np.abs(d) + np.abs(prod) * (SECOND[hidden] * ez[l - 1] + 8 * u)
+                       + 2 * u * np.abs(new))
+            delta = new
+    return C, grad, bound
+
+
+def _split(params, sizes):
+    from fastbp.layout import split_params
+
+    return split_params(params, sizes)
+
+
+@pytest.mark.parametrize("n", [1, 5, 13])
+@pytest.mark.parametrize("case", NETWORKS, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}")
+def test_float32_network_gradient_within_propagated_bound(case, n):
+    """The float32 whole-network gradient (``MLP.loss_and_grad``, the fused training step) against
+    float64 on the same float32 values, entry by entry, within the first-order bound propagated
+    through the layers with the same per-operation bounds as above, times 2 (documented slack for
+    the second-order terms the propagation drops)."""
+    import fastbp
+
+    sizes, hidden, loss, out_act, labels = case
+    net = fastbp.MLP(sizes, [hidden] * (len(sizes) - 2) + [out_act], loss, dtype=np.float32, seed=3)
+    rng = np.random.default_rng(n)
+    for b in net.biases:
+        b[...] = rng.standard_normal(b.shape).astype(np.float32) * 0.5
+    x = (rng.standard_normal((n, sizes[0])) * 10.0 ** rng.uniform(-1, 1, sizes[0])).astype(np.float32)
+    if labels:
+        y = rng.integers(0, sizes[-1], n)
+    elif loss == "cross_entropy":
+        y = rng.random((n, sizes[-1])).astype(np.float32)
+        y /= y.sum(axis=1, keepdims=True)
+    else:
+        y = rng.standard_normal((n, sizes[-1])).astype(np.float32)
+    C, g = net.loss_and_grad(x, y)
+    y64 = y if labels else y.astype(np.float64)
+    Ce, ge, bound = _network_bound(net.params.astype(np.float64), sizes, hidden, loss, out_act,
+                                   x.astype(np.float64), y64)
+    assert_within(f"gradient of {sizes} {hidden}/{out_act} {loss}, N={n}", g, ge, 2 * bound, np.float32)
+    assert abs(C - Ce) <= 1e-5 * max(1.0, abs(Ce))
