@@ -1,7 +1,11 @@
 """pytest-benchmark suite: the training step and each kernel, fastbp against the NumPy reference.
 
-By default (``--benchmark-disable`` in pyproject.toml) every benchmark runs once as a smoke
-test; the fastbp ones also check their result against the reference.  To measure:
+The kernels come from the comparison table of ``tests/test_bounds.py`` (the one list of
+kernels, callables, references and rounding bounds that the correctness tests use), each run
+on the first layer of every named configuration.  By default (``--benchmark-disable`` in
+pyproject.toml) every benchmark runs once as a smoke test that checks its result: the kernels,
+fastbp's and the reference's, within their rounding bound; the training step against the
+float64 reference.  To measure:
 
     python -m pytest bench --benchmark-enable --runslow --benchmark-columns=median,iqr,rounds
 
@@ -15,8 +19,8 @@ import numpy as np
 import pytest
 
 import fastbp
-from fastbp import cpu
 from fastbp import reference as R
+from tests.test_bounds import COMPARISONS, _inputs, assert_within
 
 from .configs import CONFIGS, problem
 
@@ -64,14 +68,20 @@ def test_training_step(benchmark, config, impl):
 
 
 @pytest.mark.parametrize("config", PARAMS)
-def test_kernels(benchmark, config):
-    """The forward layer product of the widest layer, fastbp vs reference (checked equal)."""
-    net, x, y = _setup(config, np.float32)
-    W, b = net.weights[0], net.biases[0]
-    z = np.empty((x.shape[0], W.shape[0]), np.float32)
-    a = np.empty_like(z)
-    act = net.spec.activations[0]
-    cpu.linear_forward(W, b, x, act, z, a)
-    np.testing.assert_allclose(a, R.linear_forward(W, b, x, act)[1], rtol=1e-4, atol=1e-4)
-    benchmark.group = f"linear_forward|{config}"
-    benchmark(cpu.linear_forward, W, b, x, act, z, a)
+@pytest.mark.parametrize("impl", ["fastbp", "numpy"])
+@pytest.mark.parametrize("comp", COMPARISONS, ids=lambda c: c.name)
+def test_kernel(benchmark, comp, impl, config):
+    """Each kernel of the comparison table (tests/test_bounds.py) on the first layer of a named
+    configuration, float32: fastbp's dispatcher, checked within its rounding bound, or the NumPy
+    reference, checked against the same exact result."""
+    sizes, batch, acts, _ = CONFIGS[config]
+    inp = _inputs(np.random.default_rng(0), (batch, sizes[0], sizes[1]), np.float32)
+    act = acts[0] if acts[0] in comp.acts else comp.acts[0]
+    kernel = comp.callables("dispatch")
+    run = (lambda: comp.run(kernel, inp, act)) if impl == "fastbp" else (lambda: comp.reference(inp, act))
+    got = run()
+    # the reference rounds too (BLAS, other orders): the same bound holds for it
+    for k, (g, e, b) in enumerate(zip(got, comp.exact(inp, act), comp.bound(inp, act, np.float32), strict=True)):
+        assert_within(f"{comp.name} ({impl}) {config} output {k}", np.asarray(g, np.float32), e, b, np.float32)
+    benchmark.group = f"{comp.name}|{config}"
+    benchmark(run)

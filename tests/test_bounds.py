@@ -78,6 +78,7 @@ class Comparison:
     exact: Callable  # (inputs, act) -> tuple of exact outputs
     bound: Callable  # (inputs, act, dtype) -> tuple of entry-wise bounds
     acts: tuple = ("identity",)
+    reference: Callable | None = None  # (inputs, act) -> outputs: the NumPy reference, in the inputs' dtype
 
 
 def _variant(name):
@@ -173,14 +174,16 @@ def _grad_bound(inp, act, dtype):
 
 COMPARISONS = [
     Comparison("linear_forward", _variant("linear_forward"), _run_forward, _forward_exact, _forward_bound,
-               (*ACTS, "softmax")),
+               (*ACTS, "softmax"), lambda i, act: R.linear_forward(i[0], i[1], i[2], act)),
     Comparison("backprop_delta", _variant("backprop_delta"), _run_bp2, _bp2_exact, _bp2_bound,
-               ("identity", "sigmoid", "tanh", "leaky_relu")),
+               ("identity", "sigmoid", "tanh", "leaky_relu"),
+               lambda i, act: (R.backprop_delta(i[0], i[3], i[2], act),)),
     Comparison("weight_grad", _variant("weight_grad"), _run_wgrad, lambda i, a: _grad_exact(i, a)[:1],
-               lambda i, a, d: _grad_bound(i, a, d)[:1]),
+               lambda i, a, d: _grad_bound(i, a, d)[:1], reference=lambda i, act: (R.weight_grad(i[3], i[2]),)),
     Comparison("bias_grad", _variant("bias_grad"), _run_bgrad, lambda i, a: _grad_exact(i, a)[1:],
-               lambda i, a, d: _grad_bound(i, a, d)[1:]),
-    Comparison("weight_bias_grad", _variant("weight_bias_grad"), _run_wbgrad, _grad_exact, _grad_bound),
+               lambda i, a, d: _grad_bound(i, a, d)[1:], reference=lambda i, act: (R.bias_grad(i[3]),)),
+    Comparison("weight_bias_grad", _variant("weight_bias_grad"), _run_wbgrad, _grad_exact, _grad_bound,
+               reference=lambda i, act: (R.weight_grad(i[3], i[2]), R.bias_grad(i[3]))),
 ]
 
 
