@@ -296,7 +296,8 @@ def test_mlp_cuda_accepts_device_arrays_without_copy(rng):
     assert_close(_h(pd), gpu.predict(x), dtype)
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "nesterov", "adam", "adamw"])
+# SGD and Adam against the NumPy reference on cuda: tests/test_backends.py (the simulator is slow)
+@pytest.mark.parametrize("optimizer", ["nesterov", "adamw"])
 def test_mlp_cuda_fit_matches_cpu(optimizer, rng):
     dtype = np.float64
     sizes = [3, 6, 3]

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 import fastbp
-from fastbp import cpu
 from fastbp.cpu import optim as K
 from fastbp.optim import SGD, Adam, AdamW, CosineLR, StepLR
 
@@ -276,18 +275,30 @@ def test_example_program_runs_and_learns():
 
 
 def test_optimizer_kernels_callable_from_njit():
+    """clip_grad_norm, sgd_step and adam_step inside a user's @njit loop give bitwise what the same
+    calls from Python give.  (cpu.loss_and_grad from a user's loop: tests/test_model.py and
+    tests/test_cache.py; compiling the whole network into one more loop here cost 38 s of CI.)"""
     from numba import njit
 
     @njit
-    def loop(params, sizes, acts, x, y, grad, work, m, v):
-        for t in range(1, 4):
-            cpu.loss_and_grad(params, sizes, acts, 0, x, y, grad, work)
-            K.adam_step(params, grad, m, v, t, 1e-2, 0.9, 0.999, 1e-8, 0.0, False)
+    def loop(params, grads, vel, m, v):
+        for t in range(1, grads.shape[0] + 1):
+            g = grads[t - 1].copy()
+            K.clip_grad_norm(g, 1.0)
+            K.sgd_step(params, g, vel, 1e-2, 0.9, True, 1e-3)
+            K.adam_step(params, g, m, v, t, 1e-2, 0.9, 0.999, 1e-8, 0.01, True)
 
-    net = fastbp.MLP([2, 3, 1], "tanh", dtype=np.float64, seed=0)
-    x = np.ones((4, 2))
-    y = np.zeros((4, 1))
-    p0 = net.params.copy()
-    loop(net.params, net.spec.sizes, net.spec.activations, x, y, np.empty(net.n_params),
-         np.empty(fastbp.workspace_size(net.sizes, 4)), np.zeros(net.n_params), np.zeros(net.n_params))
-    assert not np.array_equal(p0, net.params)
+    rng = np.random.default_rng(0)
+    grads = rng.standard_normal((3, 17)) * 2
+    p0 = rng.standard_normal(17)
+    states = [p0.copy(), np.zeros(17), np.zeros(17), np.zeros(17)]
+    loop(states[0], grads, *states[1:])
+    p, vel, m, v = p0.copy(), np.zeros(17), np.zeros(17), np.zeros(17)
+    for t in range(1, 4):
+        g = grads[t - 1].copy()
+        K.clip_grad_norm(g, 1.0)
+        K.sgd_step(p, g, vel, 1e-2, 0.9, True, 1e-3)
+        K.adam_step(p, g, m, v, t, 1e-2, 0.9, 0.999, 1e-8, 0.01, True)
+    assert not np.array_equal(p, p0)
+    for got, want in zip(states, (p, vel, m, v), strict=True):
+        np.testing.assert_array_equal(got, want)
