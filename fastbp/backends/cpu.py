@@ -39,8 +39,7 @@ class CpuBackend(HostBackend):
         # "no targets" and "no weights" for the kernels (empty arrays, see kernel_targets)
         self._no_targets = np.empty((0, int(spec.sizes[-1])), dtype=spec.dtype)
         self._no_weights = np.empty(0, dtype=spec.dtype)
-        per_row = workspace_size(spec.sizes, 1) * spec.dtype.itemsize
-        self._chunk = (_config.MAX_WORKSPACE_BYTES, max(4, _config.MAX_WORKSPACE_BYTES // per_row // 4 * 4))
+        self._chunk = (None, 0)  # (config.MAX_WORKSPACE_BYTES, rows): computed by chunk_rows
 
     # -- scratch space ----------------------------------------------------------------------------
 

@@ -289,7 +289,7 @@ class CudaTrainer:
     def evaluate(self, x, y):
         return self.b._evaluate_device(x, y)
 
-    def _steps(self, perm, checked: bool) -> int:
+    def _steps(self, perm, checked: bool, check_interrupt) -> int:
         """The epoch's steps in order ``perm``; ``checked``: read loss and gradient back after each
         and stop before the first non-finite one.  Returns the steps applied."""
         b, n, B = self.b, self.n, self.B
@@ -316,13 +316,12 @@ class CudaTrainer:
             _net.optimizer_step(self.opt.code, b.params, b.grad, self.first, self.second, self.t, self.hp, 1)
             steps += 1
             if not checked:
-                self.check_interrupt()
+                check_interrupt()
         return steps
 
     def run_epoch(self, perm, lr, check_interrupt):
         b, n = self.b, self.n
         ek = b.ek  # noqa: F841
-        self.check_interrupt = check_interrupt
         self.hp[HP_LR] = lr
         self.saved.copy_to_device(b.params)
         self.saved_state.copy_to_device(self.d_state)
@@ -333,7 +332,7 @@ class CudaTrainer:
         if self.sw is not None:
             ek.gather_rows[grid_1d(n), ELEMENT_THREADS](self.sw[1].reshape(n, 1), dperm, self.sws.reshape(n, 1))
         b.zero(b.scratch)
-        steps = self._steps(perm, checked=False)
+        steps = self._steps(perm, False, check_interrupt)
         s = b.scratch.copy_to_host()
         loss_sum = s[_net.SCRATCH_LOSS_ROWS]
         if math.isfinite(loss_sum) and b.all_finite(b.params):
@@ -342,5 +341,5 @@ class CudaTrainer:
         b.params.copy_to_device(self.saved)
         self.d_state.copy_to_device(self.saved_state)
         self.t = t_start
-        steps = self._steps(perm, checked=True)
+        steps = self._steps(perm, True, check_interrupt)
         return stats(float("nan"), 0, 0, 0, steps, diverged=True)
