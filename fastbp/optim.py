@@ -21,9 +21,18 @@ ADAM_CODE = 1
 
 #: Slots of the hyper-parameter vector ``hp`` that the compiled (and the device) training steps
 #: take: for SGD, H1 = momentum and FLAG = nesterov; for Adam, H1, H2, H3 = beta1, beta2, eps
-#: and FLAG = decoupled weight decay.  CLIP <= 0 disables gradient clipping.
-HP_LR, HP_H1, HP_H2, HP_H3, HP_WEIGHT_DECAY, HP_FLAG, HP_CLIP = range(7)
-HP_SIZE = 7
+#: and FLAG = decoupled weight decay.  CLIP <= 0 disables gradient clipping.  ALPHA is the L2
+#: penalty on the weights (not the biases) of each minibatch's loss, α/(2m) Σ_l ‖W^l‖² (m the
+#: batch's rows, or the sum of its sample weights), scikit-learn's ``alpha``; a vector of the
+#: earlier 7 slots has none.  EPS_HAT != 0: Adam's ε is the ε̂ of Kingma & Ba §2, see :class:`Adam`.
+HP_LR, HP_H1, HP_H2, HP_H3, HP_WEIGHT_DECAY, HP_FLAG, HP_CLIP, HP_ALPHA, HP_EPS_HAT = range(9)
+HP_SIZE = 9
+
+
+def adam_eps(eps: float, beta2: float, t: int, eps_hat: bool) -> float:
+    """The ε of step t in the form θ ← θ − η m̂ / (√v̂ + ε) that the kernels compute: ``eps``, or
+    for ε̂ (added to √v before the bias correction) ε̂ / √(1 − β₂^t)."""
+    return eps / (1.0 - beta2**t) ** 0.5 if eps_hat else eps
 
 
 def _check_float(name: str, value, lo: float = 0.0, hi: float = math.inf, lo_open=False, hi_open=False) -> float:
@@ -66,13 +75,19 @@ class SGD:
 
 @dataclass(frozen=True)
 class Adam:
-    """Adam with L2 weight decay (added to the gradient).  ``lr=None`` takes ``fit``'s ``lr``."""
+    """Adam with L2 weight decay (added to the gradient).  ``lr=None`` takes ``fit``'s ``lr``.
+
+    ``eps_hat=True`` takes ``eps`` as the ε̂ of Kingma & Ba §2 (θ ← θ − η √(1−β₂^t)/(1−β₁^t) ·
+    m / (√v + ε̂)), the form of scikit-learn and TensorFlow; the default is PyTorch's
+    θ ← θ − η m̂ / (√v̂ + ε).  The two differ where |∇| is not much larger than ε.
+    """
 
     lr: float | None = None
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
     weight_decay: float = 0.0
+    eps_hat: bool = False
 
     def __post_init__(self):
         if self.lr is not None:
@@ -101,21 +116,30 @@ class AdamW(Adam):
 class LBFGS:
     """Full-batch L-BFGS through ``scipy.optimize.minimize(method="L-BFGS-B")``.
 
-    Each epoch of ``fit`` is one L-BFGS iteration.  ``weight_decay`` adds λ/2 ‖θ‖².
+    Each epoch of ``fit`` is one L-BFGS iteration.  ``weight_decay`` adds λ/2 ‖θ‖².  ``gtol``
+    and ``max_fun`` are SciPy's ``gtol`` (stop when the largest gradient component is below it)
+    and ``maxfun`` (the most loss evaluations), with SciPy's defaults.
     """
 
     weight_decay: float = 0.0
     history_size: int = 10
+    gtol: float = 1e-5
+    max_fun: int = 15000
 
     def __post_init__(self):
         _check_float("weight_decay", self.weight_decay)
-        if not isinstance(self.history_size, int) or self.history_size < 1:
-            raise ValueError(f"history_size: expected an integer >= 1, got {self.history_size!r}")
+        _check_float("gtol", self.gtol)
+        for name in ("history_size", "max_fun"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name}: expected an integer >= 1, got {v!r}")
 
 
-def hyper_vector(opt, lr: float, clip: float) -> np.ndarray:
+def hyper_vector(opt, lr: float, clip: float, alpha: float = 0.0) -> np.ndarray:
     """The float64 ``hp`` vector of ``opt`` for the compiled training step (slots ``HP_*``)."""
     hp = np.zeros(HP_SIZE)
+    hp[HP_ALPHA] = alpha
+    hp[HP_EPS_HAT] = float(bool(getattr(opt, "eps_hat", False)))
     h1, h2, h3, wd, flag = opt.hyper()
     hp[HP_LR], hp[HP_H1], hp[HP_H2], hp[HP_H3] = lr, h1, h2, h3
     hp[HP_WEIGHT_DECAY], hp[HP_FLAG], hp[HP_CLIP] = wd, float(flag), clip
@@ -165,8 +189,8 @@ def reference_step(opt, params: np.ndarray, grad: np.ndarray, state: OptimizerSt
         m[...] = T(h1) * m + g
         params -= T(lr) * (g + T(h1) * m if flag else m)
         return
-    b1, b2, eps = T(h1), T(h2), T(h3)
     t = state.t
+    b1, b2, eps = T(h1), T(h2), T(adam_eps(h3, h2, t, opt.eps_hat))
     if flag:  # decoupled
         params *= T(1.0 - lr * wd)
         g = grad

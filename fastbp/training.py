@@ -83,6 +83,7 @@ def fit(
     restore_best=True,
     callback=None,
     clip_norm=None,
+    alpha=0.0,
 ) -> dict:
     """Train by minibatch gradient descent (or full-batch L-BFGS), continuing from ``params``.
 
@@ -130,13 +131,19 @@ def fit(
         ``net.params`` hold the epoch's θ when it is called, and changes it makes are kept.
     clip_norm : float, optional
         Clip the gradient to this Euclidean norm before each step.
+    alpha : float, default 0
+        L2 penalty on the weights (not the biases), scikit-learn's ``alpha``: each minibatch's
+        loss gains α/(2m) Σ_l ‖W^l‖², m its rows (or the sum of its sample weights), and its
+        gradient α W^l / m; for L-BFGS, m is the whole training set.  ``loss`` in the history
+        includes it.
 
     Returns
     -------
     dict
         History: lists ``loss``, ``lr``, ``time`` (seconds per epoch), and for classifiers
         ``accuracy`` (running, over the epoch's minibatches); with validation data
-        ``val_loss`` (and ``val_accuracy``).
+        ``val_loss`` (and ``val_accuracy``).  L-BFGS adds ``message`` and ``converged``
+        (SciPy's ``success``: it stopped by a tolerance, not by ``epochs`` or ``max_fun``).
 
     Raises
     ------
@@ -167,6 +174,7 @@ def fit(
         patience = check_int("patience", patience, minimum=1)
     min_delta = _optim._check_float("min_delta", min_delta)
     clip = 0.0 if clip_norm is None else _optim._check_float("clip_norm", clip_norm, 0.0, lo_open=True)
+    alpha = _optim._check_float("alpha", alpha)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback: expected a callable (epoch, logs, net) -> bool | None, got {callback!r}")
     xa, _ = backend.check_x(x)
@@ -195,13 +203,13 @@ def fit(
 
     with net._lock:
         if isinstance(opt, _optim.LBFGS):
-            return _fit_lbfgs(net, xa, ya, sw, val, opt, epochs, verbose, history)
+            return _fit_lbfgs(net, xa, ya, sw, val, opt, epochs, verbose, history, alpha)
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         net._opt_state = state = _optim.OptimizerState.for_optimizer(opt, net._opt_state, spec.n_params, spec.dtype)
         stopping = _EarlyStopping("val_loss" if val is not None else "loss", patience, min_delta)
         best = None
         with deferred_interrupt() as check_interrupt, backend.trainer(
-            net.params, xa, ya, sw, opt, state, batch_size, clip
+            net.params, xa, ya, sw, opt, state, batch_size, clip, alpha
         ) as trainer:
             for epoch in range(epochs):
                 t0 = time.perf_counter()
@@ -272,7 +280,7 @@ def _print_epoch(epoch: int, epochs: int, history: dict) -> None:
     print("  ".join(parts), flush=True)
 
 
-def _fit_lbfgs(net: MLP, xa, ya, sw, val, opt, epochs, verbose, history) -> dict:
+def _fit_lbfgs(net: MLP, xa, ya, sw, val, opt, epochs, verbose, history, alpha=0.0) -> dict:
     """Full-batch L-BFGS through SciPy; θ changes only at the end, and only to a finite result."""
     from scipy.optimize import minimize
 
@@ -281,6 +289,12 @@ def _fit_lbfgs(net: MLP, xa, ya, sw, val, opt, epochs, verbose, history) -> dict
     grad = np.empty_like(trial)
     lam = opt.weight_decay
     t0 = [time.perf_counter()]
+    # The weights' L2 penalty α/(2m) Σ‖W‖² over the whole set (m: rows or the sum of weights).
+    wsum = xa.shape[0] if sw is None else float(np.sum(sw, dtype=np.float64))
+    s_w = alpha / wsum if alpha > 0 and wsum > 0 else 0.0
+    mask = np.zeros(trial.shape[0])
+    for w in net.spec.split(mask)[0]:
+        w[...] = 1.0
 
     def fun(theta):
         trial[...] = theta
@@ -289,6 +303,10 @@ def _fit_lbfgs(net: MLP, xa, ya, sw, val, opt, epochs, verbose, history) -> dict
         if lam:
             c += 0.5 * lam * float(theta @ theta)
             g += lam * theta
+        if s_w:
+            tw = theta * mask
+            c += 0.5 * s_w * float(tw @ tw)
+            g += s_w * tw
         return c, g
 
     def record(intermediate_result):
@@ -314,10 +332,11 @@ def _fit_lbfgs(net: MLP, xa, ya, sw, val, opt, epochs, verbose, history) -> dict
         jac=True,
         method="L-BFGS-B",
         callback=record,
-        options={"maxiter": epochs, "maxcor": opt.history_size},
+        options={"maxiter": epochs, "maxcor": opt.history_size, "gtol": opt.gtol, "maxfun": opt.max_fun},
     )
     if not np.all(np.isfinite(res.x)):
         raise FloatingPointError("fit: L-BFGS produced non-finite parameters; params are unchanged")
     net.params[...] = res.x
     history["message"] = str(res.message)
+    history["converged"] = bool(res.success)
     return history

@@ -16,6 +16,7 @@ import pytest
 
 import fastbp
 from fastbp.cuda import unavailable_reason
+from fastbp.optim import Adam
 
 from .conftest import assert_close, random_problem
 
@@ -113,6 +114,7 @@ def _bad_inputs():
         ("fit seed", "fit", dict(x=x, y=y, seed=-1)),
         ("fit patience", "fit", dict(x=x, y=y, patience=0)),
         ("fit clip_norm", "fit", dict(x=x, y=y, clip_norm=0.0)),
+        ("fit alpha", "fit", dict(x=x, y=y, alpha=-1e-4)),
         ("fit callback", "fit", dict(x=x, y=y, callback=3)),
         ("fit schedule", "fit", dict(x=x, y=y, schedule="warm")),
         ("fit sample_weight", "fit", dict(x=x, y=y, sample_weight=-np.ones(4))),
@@ -147,7 +149,7 @@ def test_the_same_bad_input_gets_the_same_error_on_every_backend():
         name = ref[1].split(":")[0]
         assert name.replace("[0]", "").replace("[1]", "") in (
             "x", "y", "out", "sample_weight", "epochs", "batch_size", "optimizer", "lr", "shuffle", "seed",
-            "patience", "clip_norm", "callback", "schedule", "validation_data"), f"{label}: {ref[1]}"
+            "patience", "clip_norm", "alpha", "callback", "schedule", "validation_data"), f"{label}: {ref[1]}"
         for b in BACKENDS:
             assert got[b] == ref, f"{label}: {b} raised {got[b]}, numpy {ref}"
     for b, n in nets.items():
@@ -159,8 +161,9 @@ def test_the_same_bad_input_gets_the_same_error_on_every_backend():
 
 
 _FIT_OPTIONS = {
-    "momentum": dict(optimizer="momentum", lr=0.1, shuffle=False),
-    "adam-clip-weights": dict(optimizer="adam", lr=0.05, clip_norm=0.3, sample_weight=np.linspace(0.2, 2.0, 11)),
+    "momentum": dict(optimizer="momentum", lr=0.1, shuffle=False, alpha=0.05),
+    "adam-clip-weights": dict(optimizer=Adam(lr=0.05, eps=1e-3, eps_hat=True), clip_norm=0.3, alpha=0.2,
+                              sample_weight=np.linspace(0.2, 2.0, 11)),
     "adamw-cosine-fullbatch": dict(optimizer="adamw", lr=0.02, schedule="cosine", batch_size=11),
 }
 # the simulator is slow: on cuda the case with the most options only
@@ -301,9 +304,10 @@ def test_the_import_graph_has_no_cycle():
     for mod in sorted(graph):
         if mod not in state:
             visit(mod, [mod])
-    # and the layers: no backend, kernel or math module imports the model or the driver
+    # and the layers: no backend, kernel or math module imports the model or the driver; only the
+    # front ends (the package, the estimators, the demo driver) sit above the model
     for mod, deps in graph.items():
-        if mod not in ("fastbp", "fastbp.model", "fastbp.__main__"):
+        if mod not in ("fastbp", "fastbp.model", "fastbp.sklearn", "fastbp.__main__"):
             assert "fastbp.model" not in deps, mod
         if mod.startswith(("fastbp.backends", "fastbp.cpu", "fastbp.cuda")):
             assert "fastbp.training" not in deps, mod

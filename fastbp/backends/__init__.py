@@ -39,16 +39,18 @@ BACKENDS = tuple(_REGISTRY)
 class EpochStats(NamedTuple):
     """What one training epoch reports: sums over the minibatch steps it completed."""
 
-    loss_sum: float  # Σ over steps of (batch loss × batch rows)
+    loss_sum: float  # Σ over steps of (batch loss × batch rows), without the penalty
     n_seen: int  # rows of the completed steps
     n_correct: int  # correct predictions (classifiers)
     n_counted: int  # predictions counted
     steps: int  # completed steps
     diverged: bool  # a step's loss or gradient was not finite: it was not applied, the epoch stopped
+    penalty_sum: float = 0.0  # Σ over steps of (batch penalty α/(2m) Σ‖W‖² × batch rows)
 
     @property
     def loss(self) -> float:
-        return self.loss_sum / self.n_seen if self.n_seen else float("nan")
+        """The mean over the epoch's rows of the batch objective (loss plus penalty)."""
+        return (self.loss_sum + self.penalty_sum) / self.n_seen if self.n_seen else float("nan")
 
     @property
     def accuracy(self) -> float:
@@ -79,6 +81,9 @@ class Trainer(Protocol):
 
     def push(self) -> None:
         """Take θ from the host again (after a callback, which may have changed it)."""
+
+    def scale_velocity(self, factor: float) -> None:
+        """Multiply the optimizer's first buffer (SGD's velocity, Adam's m) by ``factor``."""
 
     def snapshot(self) -> Any:
         """A copy of the current θ (early stopping's best epoch)."""
@@ -117,8 +122,10 @@ class Backend(Protocol):
         """C, with ∂C/∂θ written into ``grad``."""
 
     def trainer(self, params: np.ndarray, x: Any, y: Any, sample_weight: Any, opt: Any, state: OptimizerState,
-                batch_size: int, clip: float) -> Trainer:
-        """A :class:`Trainer` for minibatch training of ``params`` in place with ``opt``."""
+                batch_size: int, clip: float, alpha: float = 0.0) -> Trainer:
+        """A :class:`Trainer` for minibatch training of ``params`` in place with ``opt``: gradient
+        clipping to norm ``clip`` (0: none) and the weights' L2 penalty ``alpha`` (see
+        :data:`fastbp.optim.HP_ALPHA`)."""
 
 
 def check_backend_name(backend) -> str:

@@ -49,6 +49,9 @@ class HostTrainer:
     def push(self):
         return None
 
+    def scale_velocity(self, factor):
+        self.state.first[...] *= self.state.buffer.dtype.type(factor)
+
     def snapshot(self):
         return self.params.copy()
 
@@ -56,5 +59,15 @@ class HostTrainer:
         self.params[...] = snapshot
 
 
-def stats(loss_sum=0.0, n_seen=0, n_correct=0, n_counted=0, steps=0, diverged=False) -> EpochStats:
-    return EpochStats(float(loss_sum), int(n_seen), int(n_correct), int(n_counted), int(steps), bool(diverged))
+def stats(loss_sum=0.0, n_seen=0, n_correct=0, n_counted=0, steps=0, diverged=False, penalty_sum=0.0) -> EpochStats:
+    return EpochStats(float(loss_sum), int(n_seen), int(n_correct), int(n_counted), int(steps), bool(diverged),
+                      float(penalty_sum))
+
+
+def weight_penalty(spec, params: np.ndarray, grad: np.ndarray, scale: float) -> float:
+    """NumPy twin of :func:`fastbp.cpu.train.add_weight_penalty`: ``grad[W] += s W``; (s/2) Σ‖W‖²."""
+    total = 0.0
+    for w, g in zip(spec.split(params)[0], spec.split(grad)[0], strict=True):
+        total += float(np.sum(w.astype(np.float64) ** 2))
+        g += w.dtype.type(scale) * w
+    return 0.5 * scale * total

@@ -159,8 +159,8 @@ class CpuBackend(HostBackend):
                            False, params, s.sizes, s.activations, s.loss, x, yk, lab, grad, self.workspace(n), sw)
         return float(c)
 
-    def trainer(self, params, x, y, sample_weight, opt, state, batch_size, clip):
-        return CpuTrainer(self, params, x, y, sample_weight, opt, state, batch_size, clip)
+    def trainer(self, params, x, y, sample_weight, opt, state, batch_size, clip, alpha=0.0):
+        return CpuTrainer(self, params, x, y, sample_weight, opt, state, batch_size, clip, alpha)
 
 
 class CpuTrainer(HostTrainer):
@@ -168,12 +168,12 @@ class CpuTrainer(HostTrainer):
     minibatches (about ``config.INTERRUPT_WORK`` multiply-adds each) so that an interrupt is
     honoured at a step boundary.  Holds a slot of the thread gate while entered."""
 
-    def __init__(self, backend, params, x, y, sample_weight, opt, state, batch_size, clip):
+    def __init__(self, backend, params, x, y, sample_weight, opt, state, batch_size, clip, alpha=0.0):
         super().__init__(backend, params, opt, state)
         s = backend.spec
         B = min(batch_size, x.shape[0])
         self.x, self.B = x, B
-        self.hp = hyper_vector(opt, 0.0, clip)
+        self.hp = hyper_vector(opt, 0.0, clip, alpha)
         self.grad = np.empty_like(params)
         self.work = backend.workspace(B)
         # Targets, labels and weights in the one form the compiled loop takes (empty where absent).
@@ -194,7 +194,7 @@ class CpuTrainer(HostTrainer):
     def run_epoch(self, perm, lr, check_interrupt):
         s = self.backend.spec
         self.hp[HP_LR] = lr
-        counters = np.zeros(6)
+        counters = np.zeros(_train.N_STATS)
         t_epoch = self.state.t
         # One twin for the epoch (a copy of train_epoch bound to it: the other is never compiled);
         # the parallel one where it pays and once it is ready (compiled, cached, or paid for).
@@ -222,4 +222,4 @@ class CpuTrainer(HostTrainer):
             self.state.t = t_epoch + int(counters[_train.STEPS])
         c = counters
         return stats(c[_train.LOSS_SUM], c[_train.N_SEEN], c[_train.N_CORRECT], c[_train.N_COUNTED],
-                     c[_train.STEPS], c[_train.DIVERGED] != 0)
+                     c[_train.STEPS], c[_train.DIVERGED] != 0, c[_train.PENALTY_SUM])

@@ -24,7 +24,7 @@ from .. import _validation as V
 from ..cuda import network as _net
 from ..cuda._kernels import ELEMENT_THREADS, elementwise_kernels, grid_1d
 from ..layout import workspace_size
-from ..optim import HP_CLIP, HP_LR, hyper_vector
+from ..optim import HP_ALPHA, HP_CLIP, HP_LR, hyper_vector
 from ._host import stats
 
 
@@ -71,6 +71,16 @@ class CudaBackend:
         self.ek = elementwise_kernels(self.dt)
         self.fused = _net._fused.eligible(self.sizes, self.acts, self.dt)
         self.lock = threading.RLock()
+        self._weight_mask = None
+
+    def weight_mask(self):
+        """A device uint8 array over θ: 1 on the weights, 0 on the biases (made on first use)."""
+        if self._weight_mask is None:
+            mask = np.zeros(self.spec.n_params, np.uint8)
+            for w in self.spec.split(mask)[0]:
+                w[...] = 1
+            self._weight_mask = cuda.to_device(mask)
+        return self._weight_mask
 
     # -- buffers ------------------------------------------------------------------------------
 
@@ -219,8 +229,8 @@ class CudaBackend:
                 self.grad.copy_to_host(grad)
             return c
 
-    def trainer(self, params, x, y, sample_weight, opt, state, batch_size, clip):
-        return CudaTrainer(self, params, x, y, sample_weight, opt, state, batch_size, clip)
+    def trainer(self, params, x, y, sample_weight, opt, state, batch_size, clip, alpha=0.0):
+        return CudaTrainer(self, params, x, y, sample_weight, opt, state, batch_size, clip, alpha)
 
 
 class CudaTrainer:
@@ -232,12 +242,12 @@ class CudaTrainer:
     first non-finite step.
     """
 
-    def __init__(self, backend, params, x, y, sample_weight, opt, state, batch_size, clip):
+    def __init__(self, backend, params, x, y, sample_weight, opt, state, batch_size, clip, alpha=0.0):
         self.b, self.host_params, self.opt, self.state = backend, params, opt, state
         self.x, self.y, self.sw = x, y, sample_weight
         self.n = x.shape[0]
         self.B = min(batch_size, self.n)
-        self.hp = [float(v) for v in hyper_vector(opt, 0.0, clip)]
+        self.hp = [float(v) for v in hyper_vector(opt, 0.0, clip, alpha)]
 
     def __enter__(self):
         b = self.b
@@ -278,6 +288,11 @@ class CudaTrainer:
     def push(self):
         self.b.params.copy_to_device(self.host_params)
 
+    def scale_velocity(self, factor):
+        self.pull()
+        self.state.first[...] *= self.state.buffer.dtype.type(factor)
+        self.d_state.copy_to_device(self.state.buffer)
+
     def snapshot(self):
         snap = cuda.device_array_like(self.b.params)
         snap.copy_to_device(self.b.params)
@@ -293,13 +308,15 @@ class CudaTrainer:
         """The epoch's steps in order ``perm``; ``checked``: read loss and gradient back after each
         and stop before the first non-finite one.  Returns the steps applied."""
         b, n, B = self.b, self.n, self.B
+        ek = b.ek
         steps = 0
         for start in range(0, n, B):
             m = min(B, n - start)
-            swb, scale = None, 0.0
+            swb, scale, wsum = None, 0.0, float(m)
             if self.sw is not None:
                 swb = self.sws[start : start + m]
-                scale = 1.0 / float(np.sum(self.sw[0][perm[start : start + m]], dtype=np.float64))
+                wsum = float(np.sum(self.sw[0][perm[start : start + m]], dtype=np.float64))
+                scale = 1.0 / wsum if wsum > 0 else 0.0
             if checked:
                 b.zero(b.scratch)
             _net.step_loss_and_grad(b.params, b.sizes, b.acts, b.spec.loss, self.xs[start : start + m],
@@ -310,6 +327,10 @@ class CudaTrainer:
                 if b.fused:
                     b.zero(b.grad)
                 return steps
+            if self.hp[HP_ALPHA] > 0 and wsum > 0:
+                ek.weight_penalty[grid_1d(b.spec.n_params), ELEMENT_THREADS](
+                    b.params, b.grad, b.weight_mask(), self.hp[HP_ALPHA] / wsum, float(m), b.scratch,
+                    _net.SCRATCH_PENALTY_ROWS)
             if self.hp[HP_CLIP] > 0:
                 _net.clip_grad_norm(b.grad, self.hp[HP_CLIP], b.norm_slot, 0)
             self.t += 1
@@ -336,7 +357,8 @@ class CudaTrainer:
         s = b.scratch.copy_to_host()
         loss_sum = s[_net.SCRATCH_LOSS_ROWS]
         if math.isfinite(loss_sum) and b.all_finite(b.params):
-            return stats(loss_sum, n, s[_net.SCRATCH_CORRECT], s[_net.SCRATCH_COUNTED], steps)
+            return stats(loss_sum, n, s[_net.SCRATCH_CORRECT], s[_net.SCRATCH_COUNTED], steps, False,
+                         s[_net.SCRATCH_PENALTY_ROWS])
         # Replay the epoch from its start, checking every step, and stop before the bad one.
         b.params.copy_to_device(self.saved)
         self.d_state.copy_to_device(self.saved_state)

@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import optim as _optim
 from .. import reference as _ref
-from ._host import HostBackend, HostTrainer, stats
+from ._host import HostBackend, HostTrainer, stats, weight_penalty
 
 
 class NumpyBackend(HostBackend):
@@ -31,29 +31,33 @@ class NumpyBackend(HostBackend):
         grad[...] = g
         return float(c)
 
-    def trainer(self, params, x, y, sample_weight, opt, state, batch_size, clip):
-        return NumpyTrainer(self, params, x, y, sample_weight, opt, state, batch_size, clip)
+    def trainer(self, params, x, y, sample_weight, opt, state, batch_size, clip, alpha=0.0):
+        return NumpyTrainer(self, params, x, y, sample_weight, opt, state, batch_size, clip, alpha)
 
 
 class NumpyTrainer(HostTrainer):
     """Minibatch steps in Python: gather, reference loss and gradient, clip, optimizer step."""
 
-    def __init__(self, backend, params, x, y, sample_weight, opt, state, batch_size, clip):
+    def __init__(self, backend, params, x, y, sample_weight, opt, state, batch_size, clip, alpha=0.0):
         super().__init__(backend, params, opt, state)
-        self.x, self.y, self.sw, self.B, self.clip = x, y, sample_weight, batch_size, clip
+        self.x, self.y, self.sw, self.B, self.clip, self.alpha = x, y, sample_weight, batch_size, clip, alpha
         self.grad = np.empty_like(params)
 
     def run_epoch(self, perm, lr, check_interrupt):
         s = self.backend.spec
-        loss_sum, seen, correct, counted, steps = 0.0, 0, 0, 0, 0
+        loss_sum, seen, correct, counted, steps, penalty_sum = 0.0, 0, 0, 0, 0, 0.0
         for start in range(0, perm.shape[0], self.B):
             rows = perm[start : start + self.B]
             xb, yb = self.x[rows], self.y[rows]
             sw = None if self.sw is None else self.sw[rows]
             c = self.backend.loss_and_grad(self.params, xb, yb, sw, self.grad)
+            pen = 0.0
+            wsum = rows.shape[0] if sw is None else float(np.sum(sw, dtype=np.float64))
+            if self.alpha > 0 and wsum > 0:
+                pen = weight_penalty(s, self.params, self.grad, self.alpha / wsum)
             norm = float(np.sqrt(np.sum(self.grad.astype(np.float64) ** 2)))
-            if not (np.isfinite(c) and np.isfinite(norm)):
-                return stats(loss_sum, seen, correct, counted, steps, diverged=True)
+            if not (np.isfinite(c) and np.isfinite(norm) and np.isfinite(pen)):
+                return stats(loss_sum, seen, correct, counted, steps, True, penalty_sum)
             if self.clip > 0 and norm > self.clip:
                 self.grad *= self.grad.dtype.type(self.clip / (norm + 1e-12))
             if s.is_classifier:
@@ -62,7 +66,8 @@ class NumpyTrainer(HostTrainer):
                 correct, counted = correct + k, counted + n
             _optim.reference_step(self.opt, self.params, self.grad, self.state, lr)
             loss_sum += c * rows.shape[0]
+            penalty_sum += pen * rows.shape[0]
             seen += rows.shape[0]
             steps += 1
             check_interrupt()
-        return stats(loss_sum, seen, correct, counted, steps)
+        return stats(loss_sum, seen, correct, counted, steps, False, penalty_sum)

@@ -14,8 +14,34 @@ from .optim import _adam_parallel, _adam_serial, clip_grad_norm, sgd_step
 
 __all__ = ["train_epoch"]
 
-# Slots of the ``stats`` array that train_epoch fills.
-LOSS_SUM, N_SEEN, N_CORRECT, N_COUNTED, DIVERGED, STEPS = range(6)
+# Slots of the ``stats`` array that train_epoch fills (PENALTY_SUM only in an array that has it).
+LOSS_SUM, N_SEEN, N_CORRECT, N_COUNTED, DIVERGED, STEPS, PENALTY_SUM = range(7)
+N_STATS = 7
+HP_ALPHA, HP_EPS_HAT = 7, 8  # fastbp.optim.HP_ALPHA, HP_EPS_HAT
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def add_weight_penalty(params, sizes, grad, scale):
+    """The L2 penalty on the weights: ∂/∂W^l of (s/2) Σ_l ‖W^l‖², i.e. ``grad[W^l] += s W^l``,
+    in place (the biases are not penalised); returns (s/2) Σ_l ‖W^l‖², accumulated in float64.
+
+    scikit-learn's ``alpha`` is s = α / m for a minibatch of m rows (or of sample weights summing
+    to m).
+    """
+    T = params.dtype.type
+    f = T(scale)
+    total = 0.0
+    o = 0
+    for l in range(sizes.shape[0] - 1):
+        nw = sizes[l + 1] * sizes[l]
+        s = 0.0
+        for i in range(o, o + nw):
+            w = params[i]
+            s += float(w) * float(w)
+            grad[i] += f * w
+        total += s
+        o += nw + sizes[l + 1]
+    return 0.5 * scale * total
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -85,9 +111,12 @@ def train_epoch(params, sizes, acts, loss, x, y, labels, perm, batch_size, opt, 
     opt : int
         0: SGD (:func:`fastbp.cpu.optim.sgd_step`), 1: Adam (:func:`fastbp.cpu.optim.adam_step`).
     hp : 1-D float64 array
-        [lr, h1, h2, h3, weight_decay, flag, clip_norm]: for SGD h1 = momentum and flag =
+        [lr, h1, h2, h3, weight_decay, flag, clip_norm, alpha, eps_hat]: for SGD h1 = momentum and flag =
         nesterov; for Adam h1, h2, h3 = beta1, beta2, eps and flag = decoupled.
-        clip_norm <= 0 disables clipping.
+        clip_norm <= 0 disables clipping.  eps_hat (optional slot) != 0: Adam's eps is ε̂
+        (:class:`fastbp.optim.Adam`).  alpha (optional slot) > 0 adds the penalty
+        α/(2m) Σ_l ‖W^l‖² to each batch's loss (m its rows, or the sum of its sample weights)
+        and its gradient, :func:`add_weight_penalty`, before the clipping.
     state : 1-D float array of 2 * len(params)
         Optimizer state: [velocity or m, v].
     t : int
@@ -95,8 +124,9 @@ def train_epoch(params, sizes, acts, loss, x, y, labels, perm, batch_size, opt, 
     grad : 1-D float array like params
     work : workspace for ``batch_size`` samples
     xb, yb, lb : batch buffers shaped like ``batch_size`` rows of x, y and labels
-    stats : 1-D float64 array of 6
-        Accumulates [loss sum, samples, correct, counted, diverged, steps].
+    stats : 1-D float64 array of 6 or 7
+        Accumulates [loss sum, samples, correct, counted, diverged, steps, penalty sum]; the sums
+        are of batch figure × batch rows, the loss sum without the penalty.
     sample_weight, swb : 1-D float arrays
         Per-sample weights of the training set and their batch buffer; both empty for none.
     min_parallel_work : int, default ``config.PARALLEL_MIN_WORK``
@@ -119,6 +149,8 @@ def train_epoch(params, sizes, acts, loss, x, y, labels, perm, batch_size, opt, 
     # One twin for every step of the call, chosen by the full batch size: a smaller last batch
     # does not make the process compile the other twin too.
     par = _parallel_pays(batch_size, P, False, min_parallel_work)
+    alpha = hp[HP_ALPHA] if hp.shape[0] > HP_ALPHA else 0.0
+    eps_hat = hp.shape[0] > HP_EPS_HAT and hp[HP_EPS_HAT] != 0
     for start in range(0, N, batch_size):
         m = min(batch_size, N - start)
         for r in range(m):
@@ -133,25 +165,39 @@ def train_epoch(params, sizes, acts, loss, x, y, labels, perm, batch_size, opt, 
             if weighted:
                 swb[r] = sample_weight[src]
         c = _loss_and_grad_twin(par, params, sizes, acts, loss, xb[:m], yb[:m], lb[:m], grad, work, swb[:m])
+        pen = 0.0
+        if alpha > 0:
+            wsum = 0.0
+            if weighted:
+                for r in range(m):
+                    wsum += swb[r]
+            else:
+                wsum = m
+            if wsum > 0:  # a batch of zero weights has no loss (and no penalty), as in the kernels
+                pen = add_weight_penalty(params, sizes, grad, alpha / wsum)
         norm = clip_grad_norm(grad, hp[6])
-        if not (np.isfinite(c) and np.isfinite(norm)):
+        if not (np.isfinite(c) and np.isfinite(norm) and np.isfinite(pen)):
             stats[DIVERGED] = 1.0
             return t
         # The batch output a^L is still in the workspace after the backward pass.
         ao = activation_offset(sizes, L - 1, m) + m * nL
         correct, counted = _count_correct(acts[L - 1], work[ao : ao + m * nL].reshape((m, nL)), yb[:m], lb[:m])
         t += 1
+        # ε̂ (scikit-learn's placement) is ε̂/√(1 − β₂^t) in the kernels' form.
+        eps = hp[3] / np.sqrt(1.0 - hp[2] ** t) if eps_hat else hp[3]
         if opt == 0:
             sgd_step(params, grad, first, hp[0], hp[1], hp[5] != 0, hp[4])
         elif min_parallel_work <= PARALLEL_MIN_WORK and P >= PARALLEL_MIN_PARAMS:
-            _adam_parallel(params, grad, first, second, t, hp[0], hp[1], hp[2], hp[3], hp[4], hp[5] != 0)
+            _adam_parallel(params, grad, first, second, t, hp[0], hp[1], hp[2], eps, hp[4], hp[5] != 0)
         else:
-            _adam_serial(params, grad, first, second, t, hp[0], hp[1], hp[2], hp[3], hp[4], hp[5] != 0)
+            _adam_serial(params, grad, first, second, t, hp[0], hp[1], hp[2], eps, hp[4], hp[5] != 0)
         stats[LOSS_SUM] += c * m
         stats[N_SEEN] += m
         stats[N_CORRECT] += correct
         stats[N_COUNTED] += counted
         stats[STEPS] += 1
+        if stats.shape[0] > PENALTY_SUM:
+            stats[PENALTY_SUM] += pen * m
     return t
 
 

@@ -32,9 +32,10 @@ FORWARD, BP2, BP3 = 0, 1, 2
 
 #: Slots of the float64 counter array ``scratch`` that the loss kernels add to: the batch loss
 #: (the sum of the batch means of the launches since it was zeroed), correct and counted
-#: predictions (classifiers), and the loss times the batch rows (an epoch's loss sum).
-SCRATCH_LOSS, SCRATCH_CORRECT, SCRATCH_COUNTED, SCRATCH_LOSS_ROWS = range(4)
-SCRATCH_SIZE = 4
+#: predictions (classifiers), the loss times the batch rows (an epoch's loss sum), and the
+#: weights' L2 penalty times the batch rows (an epoch's penalty sum).
+SCRATCH_LOSS, SCRATCH_CORRECT, SCRATCH_COUNTED, SCRATCH_LOSS_ROWS, SCRATCH_PENALTY_ROWS = range(5)
+SCRATCH_SIZE = 5
 MSE, CROSS_ENTROPY, BINARY_CROSS_ENTROPY = _L.MSE, _L.CROSS_ENTROPY, _L.BINARY_CROSS_ENTROPY
 
 #: Whether the kernels run on Numba's CUDA simulator (``config.CUDA_SIMULATOR``).
@@ -411,6 +412,21 @@ def elementwise_kernels(dtype_name: str):
         cuda.atomic.add(scratch, slot, s)
 
     @cuda.jit(fastmath=False)
+    def weight_penalty(params, grad, is_weight, scale, rows, scratch, slot):
+        """The weights' L2 penalty (s/2) Σ_l ‖W^l‖²: grad[i] += s θ_i where is_weight[i], and
+        scratch[slot] += rows · (s/2) Σ W² (float64); as fastbp.cpu.train.add_weight_penalty."""
+        start = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        f = T(scale)
+        s = 0.0
+        for i in range(start, params.shape[0], stride):
+            if is_weight[i]:
+                w = params[i]
+                s += float(w) * float(w)
+                grad[i] += f * w
+        cuda.atomic.add(scratch, slot, 0.5 * scale * rows * s)
+
+    @cuda.jit(fastmath=False)
     def scale_if_above(grad, scratch, slot, max_norm):
         """Clip: grad *= max_norm / ‖grad‖ when ‖grad‖ > max_norm (norm² in scratch[slot])."""
         norm = math.sqrt(scratch[slot])
@@ -466,6 +482,7 @@ def elementwise_kernels(dtype_name: str):
         sgd_step=sgd_step,
         adam_step=adam_step,
         sum_squares=sum_squares,
+        weight_penalty=weight_penalty,
         scale_if_above=scale_if_above,
         check_values=check_values,
         fill=fill,

@@ -14,6 +14,8 @@ launch, each with three arrays (θ, the workspace, x or the gradient).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .. import activations as _A
@@ -29,6 +31,7 @@ from ._kernels import (  # noqa: F401 - the SCRATCH_* slots are re-exported
     SCRATCH_COUNTED,
     SCRATCH_LOSS,
     SCRATCH_LOSS_ROWS,
+    SCRATCH_PENALTY_ROWS,
     SCRATCH_SIZE,
     SIMULATOR,
     ceil_div,
@@ -320,8 +323,9 @@ def optimizer_step(opt_code, params, grad, state_a, state_b, t, hp, zero_grad):
     if opt_code == 0:
         ek.sgd_step[blocks, ELEMENT_THREADS](params, grad, state_a, hp[0], hp[1], bool(hp[5]), hp[4], zero_grad)
     else:
+        eps = hp[3] / math.sqrt(1.0 - hp[2] ** t) if len(hp) > 8 and hp[8] else hp[3]  # ε̂: see fastbp.optim.Adam
         ek.adam_step[blocks, ELEMENT_THREADS](
-            params, grad, state_a, state_b, t, hp[0], hp[1], hp[2], hp[3], hp[4], bool(hp[5]), zero_grad
+            params, grad, state_a, state_b, t, hp[0], hp[1], hp[2], eps, hp[4], bool(hp[5]), zero_grad
         )
 
 
