@@ -165,9 +165,13 @@ _FIT_OPTIONS = {
     "adam-clip-weights": dict(optimizer=Adam(lr=0.05, eps=1e-3, eps_hat=True), clip_norm=0.3, alpha=0.2,
                               sample_weight=np.linspace(0.2, 2.0, 11)),
     "adamw-cosine-fullbatch": dict(optimizer="adamw", lr=0.02, schedule="cosine", batch_size=11),
+    # the first batch weighs nothing: no loss, no penalty, a zero gradient (and no division by 0)
+    "zero-weight-batch": dict(optimizer="adam", lr=0.05, shuffle=False, alpha=0.1,
+                              sample_weight=np.r_[np.zeros(4), np.linspace(0.5, 1.5, 7)]),
 }
-# the simulator is slow: on cuda the case with the most options only
-_FIT_CASES = [(b, k) for b in BACKENDS if b != "numpy" for k in _FIT_OPTIONS if b == "cpu" or k == "adam-clip-weights"]
+# the simulator is slow: on cuda the case with the most options, and the zero-weight batch
+_FIT_CASES = [(b, k) for b in BACKENDS if b != "numpy" for k in _FIT_OPTIONS
+              if b == "cpu" or k in ("adam-clip-weights", "zero-weight-batch")]
 
 
 @pytest.mark.parametrize("backend,case", _FIT_CASES)

@@ -316,7 +316,9 @@ class CudaTrainer:
             if self.sw is not None:
                 swb = self.sws[start : start + m]
                 wsum = float(np.sum(self.sw[0][perm[start : start + m]], dtype=np.float64))
-                scale = 1.0 / wsum if wsum > 0 else 0.0
+                # 0 would mean the plain mean to the kernels; a batch of zero weights has any other
+                # scale: its weighted loss and gradient are 0, as on the other backends
+                scale = 1.0 / wsum if wsum > 0 else 1.0
             if checked:
                 b.zero(b.scratch)
             _net.step_loss_and_grad(b.params, b.sizes, b.acts, b.spec.loss, self.xs[start : start + m],
