@@ -23,6 +23,7 @@ from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
+import fastbp  # noqa: E402
 from fastbp.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
 
 RNG = np.random.default_rng(0)
@@ -34,6 +35,14 @@ Y_LABELS = (RNG.random((N, 3)) < 0.4).astype(int)
 Y_REG = X @ RNG.standard_normal((D, 2)) + 0.1 * RNG.standard_normal((N, 2))
 
 quiet = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
+
+@pytest.fixture(autouse=True)
+def _serial_twins(monkeypatch):
+    """The estimators' logic is under test here, not the kernels' parallel twins (the kernel and
+    model tests check those): keep tiered compilation's default, so that these small fits run the
+    serial twins and the suite does not compile parallel training twins for them."""
+    monkeypatch.setattr(fastbp.config, "PARALLEL_COMPILE_AFTER", 10.0)
 
 
 @quiet
