@@ -42,7 +42,6 @@ from sklearn.neural_network import MLPClassifier as _SkClassifier
 from sklearn.neural_network import MLPRegressor as _SkRegressor
 from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils import check_random_state
-from sklearn.utils import shuffle as _shuffle
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.metaestimators import available_if
@@ -79,6 +78,15 @@ def _check_dtype(dtype):
     if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise ValueError(f"dtype: expected None, numpy.float32 or numpy.float64, got {dtype!r}")
     return dt
+
+
+def _shuffle(idx: np.ndarray, random_state: np.random.RandomState) -> np.ndarray:
+    """``sklearn.utils.shuffle(idx, random_state=random_state)`` with the same draw (``resample``
+    without replacement shuffles ``arange(n)`` in place), without its per-call parameter
+    validation, which cost about 0.9 ms an epoch, a quarter of a small fit's time."""
+    order = np.arange(idx.shape[0])
+    random_state.shuffle(order)
+    return idx[order]
 
 
 class _BaseMLP(BaseEstimator):
@@ -295,7 +303,7 @@ class _BaseMLP(BaseEstimator):
         n_samples = sample_idx.shape[0]
         for _ in range(self.max_iter):
             if self.shuffle:
-                sample_idx = _shuffle(sample_idx, random_state=self._random_state)
+                sample_idx = _shuffle(sample_idx, self._random_state)
             lr = self._learning_rate
             st = trainer.run_epoch(sample_idx, lr, check_interrupt)
             if st.diverged:
