@@ -9,3 +9,11 @@ tests on the GPU instead.
 import os
 
 os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
+if os.environ["NUMBA_ENABLE_CUDASIM"] not in ("", "0"):
+    import sys
+
+    # The simulator runs each GPU thread as a Python thread while the launching thread polls them
+    # in a loop that holds the GIL: a simulated thread that is ready to run waits for the next
+    # forced switch (5 ms by default).  At 1 ms the CUDA tests run about 2.4x faster.
+    sys.setswitchinterval(0.001)

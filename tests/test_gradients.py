@@ -179,24 +179,3 @@ def test_hand_worked_2_2_1_network():
     np.testing.assert_allclose(net.predict(x), [[o]], rtol=1e-14)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_forward_serial_and_parallel_twins(dtype, rng):
-    sizes = np.array([13, 65, 7], dtype=np.int64)
-    acts = np.array([A.ELU, A.SOFTMAX], dtype=np.int64)
-    params = rng.standard_normal(fastbp.n_params(sizes)).astype(dtype)
-    x = rng.standard_normal((33, 13)).astype(dtype)
-    work = np.empty(fastbp.workspace_size(sizes, 33), dtype)
-    out1 = np.empty((33, 7), dtype)
-    out2 = np.empty_like(out1)
-    NET._forward_serial(params, sizes, acts, x, out1, work)
-    NET._forward_parallel(params, sizes, acts, x, out2, work)
-    np.testing.assert_array_equal(out1, out2)
-    assert_close(out1, fastbp.reference.forward(params, sizes, acts, x), dtype, factor=20)
-    y = rng.integers(0, 7, 33)
-    g1 = np.empty_like(params)
-    g2 = np.empty_like(params)
-    no_y, no_w = np.empty((0, 7), dtype), np.empty(0, dtype)  # labels only, no weights (see MLP._kernel_targets)
-    c1 = NET._loss_and_grad_serial(params, sizes, acts, 1, x, no_y, y, g1, work, no_w)
-    c2 = NET._loss_and_grad_parallel(params, sizes, acts, 1, x, no_y, y, g2, work, no_w)
-    assert c1 == c2
-    np.testing.assert_array_equal(g1, g2)

@@ -20,7 +20,7 @@ from fastbp import config
 from fastbp._threads import Gate
 from fastbp.cpu import network
 
-from .conftest import DTYPES
+from .conftest import DTYPES, assert_close
 
 SIZES = [13, 65, 7]
 N_PAR = 200  # N * n_params = 200 * 1372 > PARALLEL_MIN_WORK: the parallel twin when alone
@@ -85,6 +85,12 @@ def test_serial_and_parallel_twins_agree_bitwise(dtype):
     np.testing.assert_array_equal(outs[0], outs[1])
     np.testing.assert_array_equal(grads[0], grads[1])
     assert losses[0] == losses[1]
+    # and both equal the NumPy reference (the twins are compiled for the model's read-only
+    # sizes and activations only: a writeable copy would be another specialisation to compile)
+    assert_close(outs[0], fastbp.reference.forward(*args, x), dtype, factor=20)
+    C_ref, g_ref = fastbp.reference.loss_and_grad(*args, "cross_entropy", x, y)
+    assert_close(losses[0], C_ref, dtype, factor=20)
+    assert_close(grads[0], g_ref, dtype, factor=20)
     # and through the public dispatcher, twice: bitwise deterministic
     for _ in range(2):
         out = np.empty((N_PAR, SIZES[-1]), dtype)
