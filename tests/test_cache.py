@@ -127,17 +127,34 @@ def test_parallel_cache_loads_across_thread_counts_layers_and_concurrent_process
 def test_serial_and_parallel_twins_have_separate_cache_entries():
     """Numba's cache index has no compile flags in its key: twins compiled from one function
     would load each other's machine code.  The parallel twin is a renamed copy."""
-    from fastbp.cpu import kernels, network, optim
+    from fastbp.cpu import _layers, network, optim
 
     for serial, parallel in (
-        (network._forward_serial, network._forward_parallel),
-        (network._loss_and_grad_serial, network._loss_and_grad_parallel),
-        (kernels.linear_forward_serial, kernels.linear_forward_parallel),
+        (_layers.linear_forward_serial, _layers.linear_forward_parallel),
+        (_layers.backprop_delta_serial, _layers.backprop_delta_parallel),
+        (_layers.weight_bias_grad_serial, _layers.weight_bias_grad_parallel),
+        (_layers.bias_grad_serial, _layers.bias_grad_parallel),
         (optim._adam_serial, optim._adam_parallel),
     ):
         assert serial.py_func.__qualname__ + "_parallel" == parallel.py_func.__qualname__
         assert serial._cache._cache_file._index_name != parallel._cache._cache_file._index_name
         assert serial.targetoptions.get("parallel") is not True and parallel.targetoptions["parallel"] is True
+    # The whole-network twins call the per-layer ones (the parallel twin the parallel ones).
+    rebound = {"_linear_forward": "linear_forward", "_weight_bias_grad": "weight_bias_grad",
+               "_backprop_delta": "backprop_delta"}
+    for serial, parallel in ((network._forward_serial, network._forward_parallel),
+                             (network._loss_and_grad_serial, network._loss_and_grad_parallel)):
+        assert serial.py_func.__qualname__ + "_parallel" == parallel.py_func.__qualname__
+        assert serial._cache._cache_file._index_name != parallel._cache._cache_file._index_name
+    body = network._forward_serial.py_func.__globals__["_forward_body"]
+    body_par = network._forward_parallel.py_func.__globals__["_forward_body"]
+    assert network._loss_and_grad_parallel.py_func.__globals__["_forward_body"] is body_par is not body
+    assert body_par.py_func.__globals__["_linear_forward"] is _layers.linear_forward_parallel
+    assert body.py_func.__globals__["_linear_forward"] is _layers.linear_forward_serial
+    for name, layer in rebound.items():
+        assert network._loss_and_grad_serial.py_func.__globals__[name] is getattr(_layers, f"{layer}_serial")
+        if name != "_linear_forward":
+            assert network._loss_and_grad_parallel.py_func.__globals__[name] is getattr(_layers, f"{layer}_parallel")
 
 
 def test_the_cache_is_keyed_by_the_whole_package():

@@ -1,12 +1,13 @@
-"""Bodies of the per-layer kernels, one per equation, written once.
+"""Bodies of the per-layer kernels, one per equation, written once, and their twins.
 
-Each body is ``@njit(inline="always")`` and loops with ``prange`` over an
-index its thread owns (blocks of samples for the forward pass and BP2, blocks
-of output neurons for BP3/BP4), so there are no races and no atomic updates,
-and the result does not depend on the thread count.  Inlined into a
-``parallel=True`` function the ``prange`` loops run in parallel; inlined into a
-serial function they are plain loops.  Both the public per-layer kernels and
-the whole-network kernels are compiled from these bodies.
+Each body loops with ``prange`` over an index its thread owns (blocks of samples for the
+forward pass and BP2, blocks of output neurons for BP3/BP4), so there are no races and no
+atomic updates, and the result does not depend on the thread count.  Each body is compiled
+twice, as a serial function and as a ``parallel=True`` one (``*_serial``, ``*_parallel`` at the
+end of this module): the ``prange`` loops are plain loops in the first and run in parallel in
+the second.  The public per-layer kernels and both twins of each whole-network kernel *call*
+these twins (they do not inline them), so each product is compiled once per signature and
+cached, whichever caller needs it first.
 
 The three products are register-blocked 4 x 4 (a fixed block, written out in the loops): the
 forward product as 16 dot products over the contiguous k index, BP2 and BP3
@@ -28,11 +29,9 @@ from .._math import _single
 from ..activations import activate_and_derive_rows, activate_rows, scale_by_derivative_rows
 from ..config import FASTMATH
 from ..losses import BINARY_CROSS_ENTROPY, CROSS_ENTROPY, output_delta_at
+from ._twins import twins
 
-_inline = njit(inline="always")
 
-
-@_inline
 def linear_forward_body(W, b, a_prev, act, z, a, derive=False):
     N = a_prev.shape[0]
     n_out, n_in = W.shape
@@ -289,7 +288,6 @@ def _normalised_targets(y, sample_weight, n_out, like):
     return impl
 
 
-@_inline
 def backprop_delta_body(W, delta_next, z, act, delta, z_is_derivative=False):
     """δ = (δ_next W) ⊙ σ'(z); with ``z_is_derivative`` z already holds σ'(z)."""
     N = z.shape[0]
@@ -382,7 +380,6 @@ def backprop_delta_body(W, delta_next, z, act, delta, z_is_derivative=False):
             scale_by_derivative_rows(act, z, delta, delta, r0, r1)
 
 
-@_inline
 def weight_bias_grad_body(delta, a_prev, gW, gb, with_bias=True):
     N, n_out = delta.shape
     n_in = a_prev.shape[1]
@@ -483,12 +480,6 @@ def weight_bias_grad_body(delta, a_prev, gW, gb, with_bias=True):
                     gb[j] = sb
 
 
-@_inline
-def weight_grad_body(delta, a_prev, gW):
-    weight_bias_grad_body(delta, a_prev, gW, gW[0], False)
-
-
-@_inline
 def bias_grad_body(delta, gb):
     N, n_out = delta.shape
     zero = delta.dtype.type(0.0)
@@ -497,3 +488,13 @@ def bias_grad_body(delta, gb):
         for r in range(N):
             s += delta[r, j]
         gb[j] = s
+
+
+# The twins, with every flag an explicit argument (an omitted default is another Numba type,
+# so another compiled specialisation): linear_forward(W, b, a_prev, act, z, a, derive),
+# backprop_delta(W, delta_next, z, act, delta, z_is_derivative), weight_bias_grad(delta, a_prev,
+# gW, gb, with_bias) (BP3 alone passes with_bias=False and any row of gW as gb), bias_grad(delta, gb).
+linear_forward_serial, linear_forward_parallel = twins(linear_forward_body)
+backprop_delta_serial, backprop_delta_parallel = twins(backprop_delta_body)
+weight_bias_grad_serial, weight_bias_grad_parallel = twins(weight_bias_grad_body)
+bias_grad_serial, bias_grad_parallel = twins(bias_grad_body)

@@ -54,3 +54,24 @@ def twins(body):
     serial = njit(cache=True, nogil=True, fastmath=FASTMATH)(py)
     parallel = njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)(_renamed(py, "_parallel"))
     return serial, parallel
+
+
+def calling_twins(body, **parallel_globals):
+    """(serial, parallel) dispatchers of a function whose work is done by the twins it calls.
+
+    The serial one is ``body`` compiled as it is; the parallel one is a copy of it with the global
+    names in ``parallel_globals`` rebound (the serial twins it calls replaced by the parallel
+    ones, and any inlined helper that calls them by a rebound copy of that helper).  Neither is
+    compiled with ``parallel=True``: the parallel regions are in the callees, which are compiled
+    once per signature and cached, and shared with every other caller.
+    """
+    py = getattr(body, "py_func", body)
+    serial = njit(cache=True, nogil=True, fastmath=FASTMATH)(py)
+    parallel = njit(cache=True, nogil=True, fastmath=FASTMATH)(_renamed(py, "_parallel", **parallel_globals))
+    return serial, parallel
+
+
+def inlined_copy(helper, suffix: str, **rebind):
+    """An ``inline="always"`` copy of the inlined helper ``helper`` with some global names rebound
+    (an inlined function resolves global names in its own module's globals)."""
+    return njit(inline="always")(_renamed(helper.py_func, suffix, **rebind))

@@ -16,7 +16,6 @@ from numba import njit
 
 from ..config import FASTMATH, PARALLEL_MIN_WORK
 from . import _layers
-from ._twins import twins
 
 __all__ = [
     "backprop_delta",
@@ -29,11 +28,60 @@ __all__ = [
 
 _dispatch = njit(cache=True, nogil=True, fastmath=FASTMATH)
 
-linear_forward_serial, linear_forward_parallel = twins(_layers.linear_forward_body)
-backprop_delta_serial, backprop_delta_parallel = twins(_layers.backprop_delta_body)
-weight_grad_serial, weight_grad_parallel = twins(_layers.weight_grad_body)
-bias_grad_serial, bias_grad_parallel = twins(_layers.bias_grad_body)
-weight_bias_grad_serial, weight_bias_grad_parallel = twins(_layers.weight_bias_grad_body)
+# The twins of each kernel, with its public signature: each calls the twin of its body in
+# fastbp.cpu._layers (every flag explicit), which the whole-network kernels call too.
+
+
+@_dispatch
+def linear_forward_serial(W, b, a_prev, act, z, a):
+    """Serial twin of :func:`linear_forward`."""
+    _layers.linear_forward_serial(W, b, a_prev, act, z, a, False)
+
+
+@_dispatch
+def linear_forward_parallel(W, b, a_prev, act, z, a):
+    """``parallel=True`` twin of :func:`linear_forward`."""
+    _layers.linear_forward_parallel(W, b, a_prev, act, z, a, False)
+
+
+@_dispatch
+def backprop_delta_serial(W_next, delta_next, z, act, delta):
+    """Serial twin of :func:`backprop_delta`."""
+    _layers.backprop_delta_serial(W_next, delta_next, z, act, delta, False)
+
+
+@_dispatch
+def backprop_delta_parallel(W_next, delta_next, z, act, delta):
+    """``parallel=True`` twin of :func:`backprop_delta`."""
+    _layers.backprop_delta_parallel(W_next, delta_next, z, act, delta, False)
+
+
+@_dispatch
+def weight_grad_serial(delta, a_prev, grad_W):
+    """Serial twin of :func:`weight_grad` (BP3 of :func:`weight_bias_grad`, no bias written)."""
+    _layers.weight_bias_grad_serial(delta, a_prev, grad_W, grad_W[0], False)
+
+
+@_dispatch
+def weight_grad_parallel(delta, a_prev, grad_W):
+    """``parallel=True`` twin of :func:`weight_grad`."""
+    _layers.weight_bias_grad_parallel(delta, a_prev, grad_W, grad_W[0], False)
+
+
+@_dispatch
+def weight_bias_grad_serial(delta, a_prev, grad_W, grad_b):
+    """Serial twin of :func:`weight_bias_grad`."""
+    _layers.weight_bias_grad_serial(delta, a_prev, grad_W, grad_b, True)
+
+
+@_dispatch
+def weight_bias_grad_parallel(delta, a_prev, grad_W, grad_b):
+    """``parallel=True`` twin of :func:`weight_bias_grad`."""
+    _layers.weight_bias_grad_parallel(delta, a_prev, grad_W, grad_b, True)
+
+
+bias_grad_serial = _layers.bias_grad_serial
+bias_grad_parallel = _layers.bias_grad_parallel
 
 
 @_dispatch

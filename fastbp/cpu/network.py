@@ -20,9 +20,15 @@ from ..config import FASTMATH, PARALLEL_MIN_WORK, SMALL_INPUT
 from ..layout import activation_offset, view2d, weight_offset
 from ..losses import MSE
 from . import _layers
-from ._twins import twins
+from ._twins import calling_twins, inlined_copy
 
 __all__ = ["forward", "loss_and_grad"]
+
+# The per-layer products the serial twins call; the parallel twins call the parallel ones
+# (rebound at the end of this module).  Called, not inlined: each is compiled once per signature.
+_linear_forward = _layers.linear_forward_serial
+_weight_bias_grad = _layers.weight_bias_grad_serial
+_backprop_delta = _layers.backprop_delta_serial
 
 
 @njit(inline="always")
@@ -42,8 +48,7 @@ def _forward_body(params, sizes, acts, x, work, train, derive_out=False, grad=No
         # Training keeps σ'(z) instead of z for hidden layers (BP2 needs nothing else), and
         # for the output layer when BP1 needs nothing else (mse, elementwise activation).
         derive = train and (l < L - 1 or derive_out)
-        # a^{l-1}: x, or the previous layer's activations.  One call site per layer body: each
-        # inlined body is compiled once per twin (two call sites compiled it twice).
+        # a^{l-1}: x, or the previous layer's activations.
         P = x if l == 0 else view2d(work, zo - N * n_in, N, n_in)
         if grad is not None and n_in <= SMALL_INPUT and N * n_in * n_out < PARALLEL_MIN_WORK:
             # W^T into the gradient's slot of W^l, which BP3 overwrites later.
@@ -53,7 +58,7 @@ def _forward_body(params, sizes, acts, x, work, train, derive_out=False, grad=No
                     WT[k, j] = W[j, k]
             _layers.linear_forward_small_in(WT, b, P, acts[l], Z, A, derive)
         else:
-            _layers.linear_forward_body(W, b, P, acts[l], Z, A, derive)
+            _linear_forward(W, b, P, acts[l], Z, A, derive)
 
 
 def _forward_impl(params, sizes, acts, x, out, work):
@@ -101,17 +106,20 @@ def _loss_and_grad_impl(params, sizes, acts, loss, x, y, labels, grad, work, sam
         if small:
             _layers.weight_bias_grad_small_in(D, P, gW, gb, view2d(work, zo, n_in, n_out))
         else:
-            _layers.weight_bias_grad_body(D, P, gW, gb)
+            _weight_bias_grad(D, P, gW, gb, True)
         if l > 0:
             # BP2: δ^{l-1} into the a^{l-1} buffer.
             W = view2d(params, wo, n_out, n_in)
             Zp = view2d(work, po - N * n_in, N, n_in)
-            _layers.backprop_delta_body(W, D, Zp, acts[l - 1], P, True)
+            _backprop_delta(W, D, Zp, acts[l - 1], P, True)
     return total
 
 
-_forward_serial, _forward_parallel = twins(_forward_impl)
-_loss_and_grad_serial, _loss_and_grad_parallel = twins(_loss_and_grad_impl)
+_forward_body_parallel = inlined_copy(_forward_body, "_parallel", _linear_forward=_layers.linear_forward_parallel)
+_forward_serial, _forward_parallel = calling_twins(_forward_impl, _forward_body=_forward_body_parallel)
+_loss_and_grad_serial, _loss_and_grad_parallel = calling_twins(
+    _loss_and_grad_impl, _forward_body=_forward_body_parallel,
+    _weight_bias_grad=_layers.weight_bias_grad_parallel, _backprop_delta=_layers.backprop_delta_parallel)
 
 
 def parallel_pays(n_samples, n_params, forward_only=False, min_work=PARALLEL_MIN_WORK):
