@@ -28,19 +28,23 @@ CHILD = textwrap.dedent(
     import numpy as np
     import fastbp
     from fastbp import _cache
-    from fastbp.cpu import network
+    from fastbp.cpu import kernels
 
-    twin = network._forward_parallel if sys.argv[1] == "parallel" else network._forward_serial
-    sizes = np.array([3, 65, 2], dtype=np.int64)
-    acts = np.array([0, 0], dtype=np.int64)  # identity, identity
-    P = fastbp.n_params(sizes)
-    params = np.linspace(-1.0, 1.0, P)
-    n = 4099  # N * P > PARALLEL_MIN_WORK, an odd number of rows
+    # Two small kernels, so that the cases below compile in seconds: the serial forward product
+    # (which calls the activations of another file) and the parallel BP4 (a parallel region).
+    n = 4099  # an odd number of rows
     x = np.linspace(-2.0, 2.0, n * 3).reshape(n, 3)
-    out = np.empty((n, 2))
-    twin(params, sizes, acts, x, out, np.empty(fastbp.workspace_size(sizes, n)))
+    if sys.argv[1] == "parallel":
+        twin = kernels.bias_grad_parallel
+        out = np.empty(3)
+        twin(x, out)
+    else:
+        twin = kernels.linear_forward_serial
+        W = np.linspace(-1.0, 1.0, 6).reshape(2, 3)
+        z, out = np.empty((n, 2)), np.empty((n, 2))
+        twin(W, np.array([0.5, -0.5]), x, 0, z, out)  # identity
     print(json.dumps({
-        "out": [float(out[0, 0]), float(out.sum())],
+        "out": [float(out.flat[0]), float(out.sum())],
         "hits": sum(twin.stats.cache_hits.values()),
         "misses": sum(twin.stats.cache_misses.values()),
         "cache_dir": _cache.cache_dir(),
@@ -86,7 +90,7 @@ def test_editing_an_inlined_callee_in_another_file_invalidates_the_cache(pkg_cop
     act.write_text(text.replace(old, old.replace("a[r, i] = z[r, i]", "a[r, i] = z[r, i] + 1")))
     edited = _run(str(pkg_copy), NUMBA_CACHE_DIR=cache)
     assert edited["misses"] == 1, f"loaded from a cache compiled with the old callee: {first} {edited}"
-    # identity twice: z^2 = W^2 (z^1 + 1) + b^2 + 1
+    # a = z + 1 with the edited identity
     assert edited["out"] != first["out"]
     assert edited["cache_dir"] != first["cache_dir"]
 
@@ -159,8 +163,9 @@ def test_serial_and_parallel_twins_have_separate_cache_entries():
 
 def test_the_cache_is_keyed_by_the_whole_package():
     from fastbp import _cache
+    from fastbp.cpu import network
 
-    assert fastbp.cpu.network._forward_serial._cache._impl.locator.get_source_stamp() == _cache.package_hash()
+    assert network._forward_serial._cache._impl.locator.get_source_stamp() == _cache.package_hash()
     assert np.all([c in "0123456789abcdef" for c in _cache.package_hash()])
 
 
