@@ -322,7 +322,7 @@ def test_mlp_cuda_fit_wide_layered_path_with_clipping_and_weights(rng):
     sizes = [3, 70, 1]
     x, y = random_problem(rng, sizes, 9, dtype)
     sw = rng.random(9)
-    kw = dict(epochs=2, batch_size=4, optimizer="sgd", lr=0.1, seed=0, verbose=False, clip_norm=0.5, sample_weight=sw)
+    kw = dict(epochs=1, batch_size=4, optimizer="sgd", lr=0.1, seed=0, verbose=False, clip_norm=0.5, sample_weight=sw)
     cpu = fastbp.MLP(sizes, "tanh", dtype=dtype, seed=5)
     gpu = fastbp.MLP(sizes, "tanh", dtype=dtype, seed=5, backend="cuda")
     hc, hg = cpu.fit(x, y, **kw), gpu.fit(x, y, **kw)
