@@ -134,6 +134,7 @@ _COMPILE_TASKS = [
     ("loss_and_grad", "targets", True),
     ("train_epoch", "labels", False),
     ("evaluate", "targets", False),
+    ("per-layer kernels", None, False),
 ]
 
 
@@ -174,6 +175,18 @@ def _compile_task(dtype_name: str, task: str, ykind: str | None, weights: bool) 
         for run in (train.train_epoch_serial, train.train_epoch_parallel):  # what fit runs, both twins
             run(*args, net.spec.loss, x, yk, lab, np.arange(N), N, 1, hp, state, 0, grad, work, xb, yb, lb,
                 np.zeros(6), sw, swb, 0)
+    elif task == "per-layer kernels":  # fastbp.cpu's public per-layer kernels, both twins each
+        from fastbp import cpu
+
+        W, b = net.weights[0], net.biases[0]
+        z, a, d = (np.zeros((N, sizes[1]), dtype) for _ in range(3))
+        dn = np.zeros((N, sizes[2]), dtype)
+        cpu.linear_forward(W, b, x, 1, z, a)
+        cpu.backprop_delta(net.weights[1], dn, z, 1, d)
+        cpu.weight_grad(d, x, np.empty_like(W))
+        cpu.bias_grad(d, np.empty_like(b))
+        cpu.weight_bias_grad(d, x, np.empty_like(W), np.empty_like(b))
+        cpu.output_delta(net.spec.loss, net.spec.activations[-1], dn, dn.copy(), np.zeros(N, np.int64), dn.copy())
     else:  # evaluate
         net.evaluate(x, y)
         zL = np.empty((N, sizes[-1]), dtype)
@@ -183,9 +196,23 @@ def _compile_task(dtype_name: str, task: str, ykind: str | None, weights: bool) 
     return what, time.perf_counter() - t0
 
 
+def _compile_dtype(dtype_name: str) -> list[tuple[str, float]]:
+    """Every task of one dtype, in order, in this process (they share the compiled per-layer
+    products: run concurrently, two tasks would compile the same ones twice)."""
+    done = []
+    for task in _COMPILE_TASKS:
+        what, seconds = _compile_task(dtype_name, *task)
+        print(f"  {what}: {seconds:.1f} s", flush=True)
+        done.append((what, seconds))
+    return done
+
+
 def compile_cache(dtypes: list[str], backends: list[str], jobs: int) -> int:
-    """Fill the kernel cache ahead of time (container images, cluster nodes); print what and how long."""
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    """Fill the kernel cache ahead of time (container images, cluster nodes); print what and how long.
+
+    One process per dtype (at most ``jobs`` at once) runs that dtype's tasks in order.
+    """
+    from concurrent.futures import ProcessPoolExecutor
 
     from fastbp import _cache
 
@@ -194,17 +221,14 @@ def compile_cache(dtypes: list[str], backends: list[str], jobs: int) -> int:
               "use; they are not in Numba's disk cache, so there is nothing to compile ahead of time")
     if "cpu" not in backends:
         return 0
-    tasks = [(d, *t) for d in dtypes for t in _COMPILE_TASKS]
+    jobs = max(1, min(jobs, len(dtypes)))
     print(f"compiling the cpu kernels for {', '.join(dtypes)} into {_cache.cache_dir()} "
-          f"({len(tasks)} tasks, {jobs} processes)", flush=True)
+          f"({len(_COMPILE_TASKS)} tasks per dtype, {jobs} processes)", flush=True)
     t0 = time.perf_counter()
-    done = 0
     with ProcessPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(_compile_task, *t) for t in tasks]
-        for f in as_completed(futures):
-            what, seconds = f.result()
-            done += 1
-            print(f"  [{done:>2}/{len(tasks)}] {what}: {seconds:.1f} s", flush=True)
+        results = list(pool.map(_compile_dtype, dtypes))
+    for dtype_name, done in zip(dtypes, results, strict=True):
+        print(f"{dtype_name}: {sum(sec for _, sec in done):.1f} s")
     size, files = _cache_size(_cache.cache_dir())
     print(f"done in {time.perf_counter() - t0:.1f} s; the cache holds {files} files, {size / 2**20:.1f} MiB")
     return 0
