@@ -32,7 +32,7 @@ from ..losses import BINARY_CROSS_ENTROPY, CROSS_ENTROPY, output_delta_at
 from ._twins import twins
 
 
-def linear_forward_body(W, b, a_prev, act, z, a, derive=False):
+def linear_forward_body(W, b, a_prev, act, z, a, derive):
     N = a_prev.shape[0]
     n_out, n_in = W.shape
     zero = z.dtype.type(0.0)
@@ -288,7 +288,7 @@ def _normalised_targets(y, sample_weight, n_out, like):
     return impl
 
 
-def backprop_delta_body(W, delta_next, z, act, delta, z_is_derivative=False):
+def backprop_delta_body(W, delta_next, z, act, delta, z_is_derivative):
     """δ = (δ_next W) ⊙ σ'(z); with ``z_is_derivative`` z already holds σ'(z)."""
     N = z.shape[0]
     n_next, n = W.shape
@@ -380,7 +380,7 @@ def backprop_delta_body(W, delta_next, z, act, delta, z_is_derivative=False):
             scale_by_derivative_rows(act, z, delta, delta, r0, r1)
 
 
-def weight_bias_grad_body(delta, a_prev, gW, gb, with_bias=True):
+def weight_bias_grad_body(delta, a_prev, gW, gb, with_bias):
     N, n_out = delta.shape
     n_in = a_prev.shape[1]
     zero = delta.dtype.type(0.0)
@@ -490,8 +490,8 @@ def bias_grad_body(delta, gb):
         gb[j] = s
 
 
-# The twins, with every flag an explicit argument (an omitted default is another Numba type,
-# so another compiled specialisation): linear_forward(W, b, a_prev, act, z, a, derive),
+# The twins; every flag is a required argument (an omitted default would be another Numba type,
+# so another compiled specialisation of the whole product): linear_forward(W, b, a_prev, act, z, a, derive),
 # backprop_delta(W, delta_next, z, act, delta, z_is_derivative), weight_bias_grad(delta, a_prev,
 # gW, gb, with_bias) (BP3 alone passes with_bias=False and any row of gW as gb), bias_grad(delta, gb).
 linear_forward_serial, linear_forward_parallel = twins(linear_forward_body)

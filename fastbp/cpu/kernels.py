@@ -28,8 +28,9 @@ __all__ = [
 
 _dispatch = njit(cache=True, nogil=True, fastmath=FASTMATH)
 
-# The twins of each kernel, with its public signature: each calls the twin of its body in
-# fastbp.cpu._layers (every flag explicit), which the whole-network kernels call too.
+# The twins of each kernel, with its public signature, for callers that choose one: each calls
+# the twin of its body in fastbp.cpu._layers (every flag explicit), as the dispatchers below and
+# the whole-network kernels do (so calling a dispatcher compiles no wrapper).
 
 
 @_dispatch
@@ -108,9 +109,9 @@ def linear_forward(W, b, a_prev, act, z, a):
         Outputs; ``a`` may be ``z`` when z^l is not needed.
     """
     if _parallel_pays(a_prev.shape[0] * W.shape[0] * W.shape[1]):
-        linear_forward_parallel(W, b, a_prev, act, z, a)
+        _layers.linear_forward_parallel(W, b, a_prev, act, z, a, False)
     else:
-        linear_forward_serial(W, b, a_prev, act, z, a)
+        _layers.linear_forward_serial(W, b, a_prev, act, z, a, False)
 
 
 @_dispatch
@@ -163,9 +164,9 @@ def backprop_delta(W_next, delta_next, z, act, delta):
         Output δ^l; must not alias ``z`` or ``delta_next``.
     """
     if _parallel_pays(z.shape[0] * W_next.shape[0] * W_next.shape[1]):
-        backprop_delta_parallel(W_next, delta_next, z, act, delta)
+        _layers.backprop_delta_parallel(W_next, delta_next, z, act, delta, False)
     else:
-        backprop_delta_serial(W_next, delta_next, z, act, delta)
+        _layers.backprop_delta_serial(W_next, delta_next, z, act, delta, False)
 
 
 @_dispatch
@@ -182,9 +183,9 @@ def weight_grad(delta, a_prev, grad_W):
         Output, overwritten.
     """
     if _parallel_pays(delta.shape[0] * grad_W.shape[0] * grad_W.shape[1]):
-        weight_grad_parallel(delta, a_prev, grad_W)
+        _layers.weight_bias_grad_parallel(delta, a_prev, grad_W, grad_W[0], False)
     else:
-        weight_grad_serial(delta, a_prev, grad_W)
+        _layers.weight_bias_grad_serial(delta, a_prev, grad_W, grad_W[0], False)
 
 
 @_dispatch
@@ -220,6 +221,6 @@ def weight_bias_grad(delta, a_prev, grad_W, grad_b):
         Output, overwritten.
     """
     if _parallel_pays(delta.shape[0] * grad_W.shape[0] * grad_W.shape[1]):
-        weight_bias_grad_parallel(delta, a_prev, grad_W, grad_b)
+        _layers.weight_bias_grad_parallel(delta, a_prev, grad_W, grad_b, True)
     else:
-        weight_bias_grad_serial(delta, a_prev, grad_W, grad_b)
+        _layers.weight_bias_grad_serial(delta, a_prev, grad_W, grad_b, True)
