@@ -125,7 +125,7 @@ def output_delta(loss, act, z, a, y, sample_weight=None):
     loss, act = _loss_code(loss), _act_code(act)
     t = _targets(y, z.shape[1], z.dtype)
     if sample_weight is not None:
-        w = np.asarray(sample_weight, dtype=np.float64)
+        w = np.asarray(sample_weight, dtype=np.promote_types(z.dtype, np.float64))  # float64 or wider
         total = w.sum()
         if total <= 0:
             return 0.0, np.zeros_like(z)

@@ -32,30 +32,14 @@ from fastbp import reference as R
 from fastbp.cpu import kernels as K
 
 from .conftest import DTYPES
-
-UNIT = {np.float32: 2.0**-24, np.float64: 2.0**-53}
+from .rounding import ACT_ULPS, LIPSCHITZ, UNIT, assert_network_within, assert_within, exact, gamma
 
 # (N, n_in, n_out): every row-block tail (N mod 4 and mod 8 from 0 to 7), column tails, batch 1,
 # and one shape above the parallel cut-over (65·65·65 multiply-adds >= 2^18).
 SHAPES = [(1, 1, 1), (4, 8, 4), (5, 9, 7), (8, 3, 13), (9, 65, 1), (13, 8, 9), (15, 17, 11), (65, 65, 65)]
 VARIANTS = ["serial", "parallel", "dispatch"]
-
-# Largest |σ'| (Lipschitz constant) and the ulps of σ itself, for the activations tested.
-LIPSCHITZ = {"identity": 1.0, "relu": 1.0, "leaky_relu": 1.0, "tanh": 1.0, "sigmoid": 0.25, "gelu": 1.13}
-ACT_ULPS = {"identity": 0, "relu": 0, "leaky_relu": 1, "tanh": 2, "sigmoid": 4, "gelu": 8}
 ACTS = ["identity", "relu", "tanh", "sigmoid", "gelu"]
-
-
-def gamma(k: int, dtype) -> float:
-    """γ_k = k u / (1 − k u)."""
-    ku = k * UNIT[dtype]
-    return ku / (1.0 - ku)
-
-
-def _exact(x: np.ndarray) -> np.ndarray:
-    """The inputs as the "exact" arithmetic sees them: float64 for float32 inputs, longdouble
-    for float64 inputs (where it is wider; else float64, and the float64 bounds keep 2x slack)."""
-    return x.astype(np.float64 if x.dtype == np.float32 else np.longdouble)
+_exact = exact
 
 
 def _inputs(rng, shape, dtype):
@@ -187,19 +171,6 @@ COMPARISONS = [
 ]
 
 
-def assert_within(name: str, got: np.ndarray, exact: np.ndarray, bound: np.ndarray, dtype) -> None:
-    """|got − exact| <= bound entry by entry (plus the dtype's smallest normal, for underflow)."""
-    assert got.dtype == dtype, f"{name}: dtype {got.dtype}"
-    err = np.abs(got.astype(exact.dtype) - exact)
-    limit = bound + np.finfo(dtype).tiny
-    bad = ~(err <= limit)
-    if bad.any():
-        i = np.unravel_index(np.argmax(np.where(bad, err / limit, 0)), err.shape)
-        pytest.fail(f"{name}: {int(bad.sum())} of {err.size} entries outside the rounding bound; worst at {i}: "
-                    f"got {got[i]!r}, exact {float(exact[i])!r}, error {float(err[i]):.3g} > bound "
-                    f"{float(limit[i]):.3g}")
-
-
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("comp", COMPARISONS, ids=lambda c: c.name)
@@ -231,9 +202,6 @@ def test_the_bound_is_tight_enough_to_see_a_one_term_error():
 
 # ---- the whole network: a first-order error bound propagated layer by layer ----------------------
 
-# |σ''| bounds (how fast σ' moves with z) for the hidden activations tested here; relu is left out:
-# a rounding that moves z across 0 flips σ' between 0 and 1, which no first-order bound covers.
-SECOND = {"identity": 0.0, "tanh": 0.77, "sigmoid": 0.1}
 NETWORKS = [
     # (sizes, hidden activation, loss, output activation, labels): narrow inputs take the
     # transposed small-input path of the training step (n0 <= config.SMALL_INPUT), wide ones the
@@ -242,91 +210,52 @@ NETWORKS = [
     ([5, 9, 4], "sigmoid", "mse", "tanh", False),
     ([17, 11, 7, 3], "tanh", "cross_entropy", "softmax", True),
     ([8, 65, 4], "identity", "cross_entropy", "softmax", False),
+    ([9, 7, 3], "relu", "binary_cross_entropy", "sigmoid", False),
 ]
 
 
-def _network_bound(params, sizes, hidden, loss, out_act, x, y):
-    """(exact C, exact ∂C/∂θ, entry-wise bound on the float32 gradient's error), float64."""
-    u = UNIT[np.float32]
-    L = len(sizes) - 1
-    acts = [hidden] * (L - 1) + [out_act]
-    Ws, bs = _split(params, sizes)
-    N = x.shape[0]
-    a, ea = [x], [np.zeros_like(x)]  # activations and bounds on their errors
-    zs, ez = [], []
-    for l in range(L):
-        W, b = Ws[l], bs[l]
-        z = a[-1] @ W.T + b
-        e = gamma(W.shape[1] + 1, np.float32) * (np.abs(a[-1]) @ np.abs(W).T + np.abs(b)) + ea[-1] @ np.abs(W).T
-        act = R.activation(acts[l], z)
-        if acts[l] == "softmax":
-            e_a = 2 * act * e.max(axis=1, keepdims=True) + 2 * (act.shape[1] + 4) * u * act
-        else:
-            e_a = LIPSCHITZ[acts[l]] * e + (ACT_ULPS[acts[l]] + 1) * 2 * u * np.abs(act)
-        zs.append(z)
-        ez.append(e)
-        a.append(act)
-        ea.append(e_a)
-    t = y if y.ndim == 2 else np.eye(sizes[-1])[y]
-    aL, eL = a[-1], ea[-1]
-    if loss == "cross_entropy" or out_act == "identity":
-        delta = (aL - t) / N
-        e_delta = eL / N + 2 * u * np.abs(delta)
-    else:  # mse through an elementwise output: (a − y) σ'(z) / N
-        d = R.activation_derivative(out_act, zs[-1])
-        delta = (aL - t) * d / N
-        e_d = SECOND[out_act] * ez[-1] + 8 * u
-        e_delta = (eL * np.abs(d) + np.abs(aL - t) * e_d) / N + 4 * u * np.abs(delta)
-    C, grad = R.loss_and_grad(params, sizes, [A.CODES[v] for v in acts], loss, x, y)
-    bound = np.empty_like(params)
-    gWs, gbs = _split(bound, sizes)
-    for l in range(L - 1, -1, -1):
-        P, eP = np.abs(a[l]), ea[l]
-        gWs[l][...] = gamma(N, np.float32) * (np.abs(delta).T @ P) + e_delta.T @ P + np.abs(delta).T @ eP
-        gbs[l][...] = gamma(N, np.float32) * np.abs(delta).sum(axis=0) + e_delta.sum(axis=0)
-        if l > 0:
-            W = Ws[l]
-            d = R.activation_derivative(hidden, zs[l - 1])
-            prod = delta @ W
-            e_prod = gamma(W.shape[0], np.float32) * (np.abs(delta) @ np.abs(W)) + e_delta @ np.abs(W)
-            new = prod * d
-            e_delta = (e_prod * np.abs(d) + np.abs(prod) * (SECOND[hidden] * ez[l - 1] + 8 * u)
-                       + 2 * u * np.abs(new))
-            delta = new
-    return C, grad, bound
-
-
-def _split(params, sizes):
-    from fastbp.layout import split_params
-
-    return split_params(params, sizes)
-
-
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", [1, 5, 13])
 @pytest.mark.parametrize("case", NETWORKS, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}")
-def test_float32_network_gradient_within_propagated_bound(case, n):
-    """The float32 whole-network gradient (``MLP.loss_and_grad``, the fused training step) against
-    float64 on the same float32 values, entry by entry, within the first-order bound propagated
-    through the layers with the same per-operation bounds as above, times 2 (documented slack for
-    the second-order terms the propagation drops)."""
+def test_network_gradient_within_propagated_bound(case, n, dtype):
+    """The whole-network loss and gradient (``MLP.loss_and_grad``, the fused training step)
+    against wider arithmetic on the same values, entry by entry, within the first-order bound of
+    ``tests/rounding.network_bound`` times its documented slack."""
     import fastbp
 
     sizes, hidden, loss, out_act, labels = case
-    net = fastbp.MLP(sizes, [hidden] * (len(sizes) - 2) + [out_act], loss, dtype=np.float32, seed=3)
+    acts = [hidden] * (len(sizes) - 2) + [out_act]
+    net = fastbp.MLP(sizes, acts, loss, dtype=dtype, seed=3)
     rng = np.random.default_rng(n)
     for b in net.biases:
-        b[...] = rng.standard_normal(b.shape).astype(np.float32) * 0.5
-    x = (rng.standard_normal((n, sizes[0])) * 10.0 ** rng.uniform(-1, 1, sizes[0])).astype(np.float32)
+        b[...] = rng.standard_normal(b.shape) * 0.5
+    x = (rng.standard_normal((n, sizes[0])) * 10.0 ** rng.uniform(-1, 1, sizes[0])).astype(dtype)
     if labels:
         y = rng.integers(0, sizes[-1], n)
-    elif loss == "cross_entropy":
-        y = rng.random((n, sizes[-1])).astype(np.float32)
-        y /= y.sum(axis=1, keepdims=True)
+    elif loss == "mse":
+        y = rng.standard_normal((n, sizes[-1])).astype(dtype)
     else:
-        y = rng.standard_normal((n, sizes[-1])).astype(np.float32)
+        y = rng.random((n, sizes[-1])).astype(dtype)
+        if loss == "cross_entropy":
+            y /= y.sum(axis=1, keepdims=True)
     C, g = net.loss_and_grad(x, y)
-    y64 = y if labels else y.astype(np.float64)
-    Ce, ge, bound = _network_bound(net.params.astype(np.float64), sizes, hidden, loss, out_act,
-                                   x.astype(np.float64), y64)
-    assert_within(f"gradient of {sizes} {hidden}/{out_act} {loss}, N={n}", g, ge, 2 * bound, np.float32)
-    assert abs(C - Ce) <= 1e-5 * max(1.0, abs(Ce))
+    assert_network_within(f"{sizes} {hidden}/{out_act} {loss}, N={n}", net.params, sizes, acts, loss, x, y, C, g)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_network_bound_sees_a_small_error(dtype):
+    """The propagated bound is not vacuous: a gradient with one layer's weight gradient off by
+    10⁵ u relative (6e-3 in float32, 1e-11 in float64) fails it."""
+    import fastbp
+
+    sizes, acts = [17, 11, 7, 3], ["tanh", "tanh", "softmax"]
+    net = fastbp.MLP(sizes, acts, "cross_entropy", dtype=dtype, seed=3)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((13, 17)).astype(dtype)
+    y = rng.integers(0, 3, 13)
+    C, g = net.loss_and_grad(x, y)
+    assert_network_within("unchanged", net.params, sizes, acts, "cross_entropy", x, y, C, g)
+    wrong = g.copy()
+    wrong[net.spec.weight_offsets[1]:net.spec.bias_offsets[1]] *= dtype(1 + 1e5 * UNIT[dtype])
+    with pytest.raises(pytest.fail.Exception, match="outside the rounding bound"):
+        assert_network_within("scaled", net.params, sizes, acts, "cross_entropy", x, y, C, wrong)
