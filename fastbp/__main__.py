@@ -246,7 +246,8 @@ def _cache_size(path: str) -> tuple[int, int]:
 
 
 def info() -> int:
-    """Print versions, the threading layer, the CPU, the kernel cache and whether the cuda backend can run."""
+    """Print versions, the threading layer, the CPU, the kernel cache, whether the cuda backend can
+    run, and the MPI library that ``fit(comm=...)`` would use."""
     import numba
 
     import fastbp
@@ -270,6 +271,9 @@ def info() -> int:
         print(f"cuda backend: available on {getattr(dev, 'name', 'the CUDA simulator')}")
     else:
         print(f"cuda backend: unavailable: {why}")
+    from fastbp.distributed import mpi_info
+
+    print(f"mpi (fit(comm=...)): {mpi_info()}")
     return 0
 
 

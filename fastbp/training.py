@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import distributed as _distributed
 from . import optim as _optim
 from ._validation import check_int, check_pair
 
@@ -84,6 +85,7 @@ def fit(
     callback=None,
     clip_norm=None,
     alpha=0.0,
+    comm=None,
 ) -> dict:
     """Train by minibatch gradient descent (or full-batch L-BFGS), continuing from ``params``.
 
@@ -136,6 +138,15 @@ def fit(
         loss gains α/(2m) Σ_l ‖W^l‖², m its rows (or the sum of its sample weights), and its
         gradient α W^l / m; for L-BFGS, m is the whole training set.  ``loss`` in the history
         includes it.
+    comm : mpi4py communicator, optional
+        Data-parallel training over MPI (:mod:`fastbp.distributed`): each rank passes its own
+        shard of ``x``, ``y``, ``sample_weight`` and ``validation_data`` (a shard may be
+        empty: shape ``(0, n0)``), ``batch_size`` is the global minibatch, and the result equals
+        a one-process ``fit`` on the shards concatenated in rank order with the same arguments,
+        to rounding.  θ and the optimizer state are broadcast from rank 0 first; every rank
+        returns the same history and ends with the same θ (checked); rank 0's ``seed`` draws
+        the permutations and only rank 0 prints.  Bad input on any rank makes every rank raise
+        the same error before θ changes.
 
     Returns
     -------
@@ -159,39 +170,71 @@ def fit(
     net = self
     backend = net._backend
     spec = net.spec
-    # -- every check first: nothing changes until all arguments are known good --------------------
-    epochs = check_int("epochs", epochs, minimum=1)
-    batch_size = check_int("batch_size", batch_size, minimum=1)
-    opt = _optim.get_optimizer(optimizer)
-    lr = _optim._check_float("lr", lr)
-    base_lr = opt.lr if getattr(opt, "lr", None) is not None else lr
-    sched = _optim.get_schedule(schedule)
-    if not isinstance(shuffle, (bool, np.bool_)):
-        raise TypeError(f"shuffle: expected True or False, got {shuffle!r}")
-    if seed is not None and not isinstance(seed, np.random.Generator):
-        seed = check_int("seed", seed, minimum=0)
-    if patience is not None:
-        patience = check_int("patience", patience, minimum=1)
-    min_delta = _optim._check_float("min_delta", min_delta)
-    clip = 0.0 if clip_norm is None else _optim._check_float("clip_norm", clip_norm, 0.0, lo_open=True)
-    alpha = _optim._check_float("alpha", alpha)
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback: expected a callable (epoch, logs, net) -> bool | None, got {callback!r}")
-    xa, _ = backend.check_x(x)
-    n = xa.shape[0]
-    ya = backend.check_y(y, n)
-    sw = backend.check_sample_weight(sample_weight, n)
-    val = None
-    if validation_data is not None:
-        xv, yv = check_pair("validation_data", validation_data)
-        xv, _ = backend.check_x(xv, "validation_data[0]")
-        val = (xv, backend.check_y(yv, xv.shape[0], "validation_data[1]"))
-    lrs = [sched(base_lr, e, epochs) for e in range(epochs)]
-    for e, v in enumerate(lrs):
-        if not (isinstance(v, (int, float, np.floating)) and math.isfinite(v) and v >= 0):
-            raise ValueError(f"schedule: gave an invalid learning rate {v!r} for epoch {e}")
-    if isinstance(opt, _optim.LBFGS) and patience is not None:
-        raise ValueError("patience: early stopping is not available with optimizer 'lbfgs'")
+    group = None if comm is None else _distributed.Group(comm)
+
+    # -- every check first: nothing changes until all arguments are known good (on every rank) ----
+    def check():
+        a = {}
+        a["epochs"] = check_int("epochs", epochs, minimum=1)
+        a["batch_size"] = check_int("batch_size", batch_size, minimum=1)
+        a["opt"] = opt = _optim.get_optimizer(optimizer)
+        lr_ = _optim._check_float("lr", lr)
+        base_lr = opt.lr if getattr(opt, "lr", None) is not None else lr_
+        sched = _optim.get_schedule(schedule)
+        if not isinstance(shuffle, (bool, np.bool_)):
+            raise TypeError(f"shuffle: expected True or False, got {shuffle!r}")
+        if seed is not None and not isinstance(seed, np.random.Generator):
+            check_int("seed", seed, minimum=0)
+        a["patience"] = None if patience is None else check_int("patience", patience, minimum=1)
+        a["min_delta"] = _optim._check_float("min_delta", min_delta)
+        a["clip"] = 0.0 if clip_norm is None else _optim._check_float("clip_norm", clip_norm, 0.0, lo_open=True)
+        a["alpha"] = _optim._check_float("alpha", alpha)
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback: expected a callable (epoch, logs, net) -> bool | None, got {callback!r}")
+        a["val"] = a["val_kind"] = None
+        if group is None:
+            xa, _ = backend.check_x(x)
+            ya = backend.check_y(y, xa.shape[0])
+            a["sw"] = backend.check_sample_weight(sample_weight, xa.shape[0])
+            a["kind"] = None
+        else:
+            xa, ya, a["sw"], a["kind"] = _distributed.check_shard(backend, x, y, sample_weight)
+        a["x"], a["y"] = xa, ya
+        if validation_data is not None:
+            xv, yv = check_pair("validation_data", validation_data)
+            if group is None:
+                xv, _ = backend.check_x(xv, "validation_data[0]")
+                a["val"] = (xv, backend.check_y(yv, xv.shape[0], "validation_data[1]"))
+            else:
+                xv, yv, _, a["val_kind"] = _distributed.check_shard(backend, xv, yv, None, "validation_data[0]")
+                a["val"] = (xv, yv)
+        a["lrs"] = lrs = [sched(base_lr, e, a["epochs"]) for e in range(a["epochs"])]
+        for e, v in enumerate(lrs):
+            if not (isinstance(v, (int, float, np.floating)) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"schedule: gave an invalid learning rate {v!r} for epoch {e}")
+        if isinstance(opt, _optim.LBFGS) and patience is not None:
+            raise ValueError("patience: early stopping is not available with optimizer 'lbfgs'")
+        return a
+
+    if group is None:
+        a = check()
+        offset = 0
+    else:
+        a = group.agree(check)
+        a, offset = group.agree(_distributed.agree_on_fit, group, backend, a, {
+            "the network (sizes, activations, loss, dtype)": (tuple(spec.sizes.tolist()), spec.activation_names,
+                                                              spec.loss_name, spec.dtype.name),
+            "epochs": a["epochs"], "batch_size": a["batch_size"], "optimizer": repr(a["opt"]),
+            "the learning rates of the epochs": [float(v) for v in a["lrs"]], "shuffle": bool(shuffle),
+            "patience": a["patience"], "min_delta": a["min_delta"], "clip_norm": a["clip"], "alpha": a["alpha"],
+            "restore_best": bool(restore_best), "sample_weight (given or not)": a["sw"] is not None,
+            "validation_data (given or not)": a["val"] is not None,
+        })
+    epochs, batch_size, opt, lrs = a["epochs"], a["batch_size"], a["opt"], a["lrs"]
+    clip, alpha_, val, xa, ya, sw = a["clip"], a["alpha"], a["val"], a["x"], a["y"], a["sw"]
+    patience, min_delta = a["patience"], a["min_delta"]
+    n = xa.shape[0] if group is None else a["n_total"]
+    verbose = verbose and (group is None or group.rank == 0)
 
     history: dict[str, list] = {"loss": [], "lr": [], "time": []}
     if spec.is_classifier:
@@ -202,18 +245,33 @@ def fit(
             history["val_accuracy"] = []
 
     with net._lock:
+        if group is not None:  # θ (and a carried optimizer state) from rank 0 on every rank
+            group.broadcast_array(net.params)
         if isinstance(opt, _optim.LBFGS):
-            return _fit_lbfgs(net, xa, ya, sw, val, opt, epochs, verbose, history, alpha)
+            history = _fit_lbfgs(net, xa, ya, sw, val, opt, epochs, verbose, history, alpha_, group)
+            if group is not None:
+                group.finish(net.params)
+            return history
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         net._opt_state = state = _optim.OptimizerState.for_optimizer(opt, net._opt_state, spec.n_params, spec.dtype)
+        if group is not None:
+            group.broadcast_array(state.buffer)
+            state.t = group.bcast(state.t)
         stopping = _EarlyStopping("val_loss" if val is not None else "loss", patience, min_delta)
         best = None
-        with deferred_interrupt() as check_interrupt, backend.trainer(
-            net.params, xa, ya, sw, opt, state, batch_size, clip, alpha
-        ) as trainer:
+        if group is None:
+            trainer_cm = backend.trainer(net.params, xa, ya, sw, opt, state, batch_size, clip, alpha_)
+        else:
+            trainer_cm = _distributed.DistributedTrainer(group, backend, net.params, xa, ya, sw, opt, state,
+                                                         batch_size, clip, alpha_, offset)
+        with deferred_interrupt() as check_interrupt, trainer_cm as trainer:
+            perm = np.empty(n, np.int64)
             for epoch in range(epochs):
                 t0 = time.perf_counter()
-                perm = rng.permutation(n) if shuffle else np.arange(n)
+                if group is None or group.rank == 0:
+                    perm[...] = rng.permutation(n) if shuffle else np.arange(n)
+                if group is not None:
+                    group.broadcast_array(perm)
                 st = trainer.run_epoch(perm, lrs[epoch], check_interrupt)
                 if st.diverged:
                     raise FloatingPointError(
@@ -221,21 +279,39 @@ def fit(
                         f"finite step. Lower lr (now {lrs[epoch]:g}) or set clip_norm."
                     )
                 val_result = trainer.evaluate(*val) if val is not None else None
+                elapsed = time.perf_counter() - t0
+                if group is not None:
+                    elapsed = group.bcast(elapsed)  # rank 0's time: the same history everywhere
                 _record_epoch(history, epoch, epochs, lrs[epoch], st.loss, st.accuracy if spec.is_classifier else None,
-                              val_result, time.perf_counter() - t0, verbose)
+                              val_result, elapsed, verbose)
                 improved, stop = stopping.update(history)
                 if improved and patience is not None and restore_best:
                     best = trainer.snapshot()
-                if callback is not None:
+                if callback is not None or group is not None:
                     trainer.pull()
-                    if callback(epoch, {k: v[-1] for k, v in history.items()}, net):
+                    if _run_callback(group, callback, epoch, history, net):
                         stop = True
                     trainer.push()  # the callback may have changed params
+                if group is not None and _distributed.CHECK_EVERY_EPOCH:
+                    group.check_identical(net.params, f"after epoch {epoch}")
                 if stop:
                     break
             if best is not None:
                 trainer.restore(best)
+        if group is not None:
+            group.finish(net.params)
     return history
+
+
+def _run_callback(group, callback, epoch, history, net) -> bool:
+    """Whether the callback asks to stop; over MPI every rank runs its own callback, and if one
+    raises every rank raises it, and if one asks to stop every rank stops."""
+    def run():
+        return callback is not None and bool(callback(epoch, {k: v[-1] for k, v in history.items()}, net))
+
+    if group is None:
+        return run()
+    return any(group.allgather(group.agree(run)))
 
 
 def _record_epoch(history: dict, epoch: int, epochs: int, lr: float, loss: float, accuracy, val, elapsed: float,
@@ -280,8 +356,11 @@ def _print_epoch(epoch: int, epochs: int, history: dict) -> None:
     print("  ".join(parts), flush=True)
 
 
-def _fit_lbfgs(net: MLP, xa, ya, sw, val, opt, epochs, verbose, history, alpha=0.0) -> dict:
-    """Full-batch L-BFGS through SciPy; θ changes only at the end, and only to a finite result."""
+def _fit_lbfgs(net: MLP, xa, ya, sw, val, opt, epochs, verbose, history, alpha=0.0, group=None) -> dict:
+    """Full-batch L-BFGS through SciPy; θ changes only at the end, and only to a finite result.
+
+    Over MPI (``group``) every rank runs the same SciPy iteration on the loss and gradient
+    reduced over all shards, so every rank takes the same steps."""
     from scipy.optimize import minimize
 
     backend = net._backend
@@ -290,15 +369,26 @@ def _fit_lbfgs(net: MLP, xa, ya, sw, val, opt, epochs, verbose, history, alpha=0
     lam = opt.weight_decay
     t0 = [time.perf_counter()]
     # The weights' L2 penalty α/(2m) Σ‖W‖² over the whole set (m: rows or the sum of weights).
-    wsum = xa.shape[0] if sw is None else float(np.sum(sw, dtype=np.float64))
+    if group is None:
+        wsum = xa.shape[0] if sw is None else float(np.sum(sw, dtype=np.float64))
+    else:
+        wsum = _distributed.loss_and_grad_sum(group, backend, trial, xa, ya, sw, grad)[1]
     s_w = alpha / wsum if alpha > 0 and wsum > 0 else 0.0
     mask = np.zeros(trial.shape[0])
     for w in net.spec.split(mask)[0]:
         w[...] = 1.0
 
+    def evaluate(x, y):
+        if group is None:
+            return backend.evaluate(trial, x, y)
+        return _distributed.evaluate(group, backend, trial, x, y)
+
     def fun(theta):
         trial[...] = theta
-        c = backend.loss_and_grad(trial, xa, ya, sw, grad)
+        if group is None:
+            c = backend.loss_and_grad(trial, xa, ya, sw, grad)
+        else:
+            c = _distributed.loss_and_grad_sum(group, backend, trial, xa, ya, sw, grad)[0]
         g = grad.astype(np.float64)
         if lam:
             c += 0.5 * lam * float(theta @ theta)
@@ -314,14 +404,15 @@ def _fit_lbfgs(net: MLP, xa, ya, sw, val, opt, epochs, verbose, history, alpha=0
         history["loss"].append(float(intermediate_result.fun))
         history["lr"].append(float("nan"))
         if "accuracy" in history:
-            history["accuracy"].append(backend.evaluate(trial, xa, ya)[1])
+            history["accuracy"].append(evaluate(xa, ya)[1])
         if val is not None:
-            vl, va = backend.evaluate(trial, *val)
+            vl, va = evaluate(*val)
             history["val_loss"].append(vl)
             if "val_accuracy" in history:
                 history["val_accuracy"].append(va)
         now = time.perf_counter()
-        history["time"].append(now - t0[0])
+        elapsed = now - t0[0]
+        history["time"].append(elapsed if group is None else group.bcast(elapsed))
         t0[0] = now
         if verbose:
             _print_epoch(len(history["loss"]) - 1, epochs, history)

@@ -159,6 +159,16 @@ class CpuBackend(HostBackend):
                            False, params, s.sizes, s.activations, s.loss, x, yk, lab, grad, self.workspace(n), sw)
         return float(c)
 
+    def count_last_output(self, n: int, y) -> tuple[int, int]:
+        """(correct, counted) of the a^L that this thread's last ``loss_and_grad`` of ``n`` rows
+        left in its workspace, against ``y`` (what the compiled epoch loop counts)."""
+        s = self.spec
+        nL = int(s.sizes[-1])
+        ao = 2 * n * int(np.sum(s.sizes[1:-1])) + n * nL  # layout.activation_offset(sizes, L - 1, n) + z^L
+        out = self.workspace(n)[ao : ao + n * nL].reshape(n, nL)
+        yk, lab, _ = self.kernel_targets(y)
+        return _train._count_correct(s.activations[-1], out, yk, lab)
+
     def trainer(self, params, x, y, sample_weight, opt, state, batch_size, clip, alpha=0.0):
         return CpuTrainer(self, params, x, y, sample_weight, opt, state, batch_size, clip, alpha)
 
