@@ -148,8 +148,8 @@ def check_shard(backend, x, y, sample_weight, name: str = "x") -> tuple[Any, Any
         return xa, yarr, sw, None
     if hasattr(x, "__cuda_array_interface__") and not isinstance(x, np.ndarray):
         raise TypeError(f"{name}: training over MPI takes host (NumPy) arrays; copy the shard to the host")
-    xa, _ = backend.check_x(x, name)
-    ya = backend.check_y(y, xa.shape[0], yname)
+    xa, _ = V.check_x(spec, x, name)  # host arrays for every backend (see to_backend)
+    ya = V.check_y(spec, y, xa.shape[0], yname)
     sw = None
     if sample_weight is not None:
         sw = V.as_array("sample_weight", sample_weight)
@@ -202,6 +202,17 @@ def agree_on_fit(group: Group, backend, a: dict, settings: dict) -> tuple[dict, 
     return a, sum(ns[: group.rank])
 
 
+def to_backend(backend, x, y, sw):
+    """Checked host (x, y, sample_weight) in the form the backend's methods take (the cuda
+    backend's device copies and label flags; the host backends' arrays as they are)."""
+    from .backends._host import HostBackend
+
+    if isinstance(backend, HostBackend):
+        return x, y, sw
+    n = x.shape[0]
+    return backend.check_x(x)[0], backend.check_y(y, n), backend.check_sample_weight(sw, n)
+
+
 def empty_targets(spec, kind: str):
     """The y of an empty shard, in the form the other ranks' y take."""
     if kind == "labels":
@@ -229,6 +240,7 @@ class DistributedTrainer:
         self.grad = np.empty_like(params)
         self.buf = np.empty(P + _EXTRA, params.dtype)
         self.spec = backend.spec
+        self.stepper = getattr(backend, "step", None)
 
     def __enter__(self):
         return self
@@ -250,7 +262,7 @@ class DistributedTrainer:
         wl = float(mine.shape[0]) if swb is None else float(np.sum(swb, dtype=np.float64))
         if wl == 0:  # no weight here: no loss and no gradient (as a zero-weight batch in one process)
             return
-        c = self.backend.loss_and_grad(self.params, xb, yb, swb, self.grad)
+        c = self.backend.loss_and_grad(self.params, *to_backend(self.backend, xb, yb, swb), self.grad)
         np.multiply(self.grad, self.grad.dtype.type(wl), out=buf[:P])
         buf[P + _LOSS] = c * wl
         buf[P + _WSUM] = wl
@@ -284,15 +296,20 @@ class DistributedTrainer:
             else:
                 grad[...] = 0
                 c = 0.0
-            pen = 0.0
-            if self.alpha > 0 and wsum > 0:
-                pen = _host_penalty(spec, self.params, grad, self.alpha / wsum)
-            norm = float(np.sqrt(np.sum(grad.astype(np.float64) ** 2)))
-            if not (np.isfinite(c) and np.isfinite(norm) and np.isfinite(pen)):
-                return _stats(loss_sum, seen, correct, counted, steps, True, penalty_sum)
-            if self.clip > 0 and norm > self.clip:
-                grad *= grad.dtype.type(self.clip / (norm + 1e-12))
-            _optim.reference_step(self.opt, self.params, grad, self.state, lr)
+            if self.stepper is not None:  # the compiled update of the backend's epoch loop
+                pen = self.stepper(self.params, grad, c, wsum, self.opt, self.state, lr, self.clip, self.alpha)
+                if not np.isfinite(pen):
+                    return _stats(loss_sum, seen, correct, counted, steps, True, penalty_sum)
+            else:
+                pen = 0.0
+                if self.alpha > 0 and wsum > 0:
+                    pen = _host_penalty(spec, self.params, grad, self.alpha / wsum)
+                norm = float(np.sqrt(np.sum(grad.astype(np.float64) ** 2)))
+                if not (np.isfinite(c) and np.isfinite(norm) and np.isfinite(pen)):
+                    return _stats(loss_sum, seen, correct, counted, steps, True, penalty_sum)
+                if self.clip > 0 and norm > self.clip:
+                    grad *= grad.dtype.type(self.clip / (norm + 1e-12))
+                _optim.reference_step(self.opt, self.params, grad, self.state, lr)
             m = rows.shape[0]
             loss_sum += c * m
             penalty_sum += pen * m
@@ -330,7 +347,8 @@ def evaluate(group: Group, backend, params, x, y) -> tuple[float, float | None]:
     n = x.shape[0]
     part = np.zeros(4)
     if n:
-        c, acc = backend.evaluate(params, x, y)
+        bx, by, _ = to_backend(backend, x, y, None)
+        c, acc = backend.evaluate(params, bx, by)
         part[0], part[1] = c * n, n
         if acc is not None:
             k = _counted(spec, n)
@@ -349,7 +367,7 @@ def loss_and_grad_sum(group: Group, backend, params, x, y, sw, grad) -> tuple[fl
     n = x.shape[0]
     wl = float(n) if sw is None else float(np.sum(sw, dtype=np.float64))
     if n and wl > 0:
-        c = backend.loss_and_grad(params, x, y, sw, grad)
+        c = backend.loss_and_grad(params, *to_backend(backend, x, y, sw), grad)
         buf[:P] = grad.astype(np.float64) * wl
         buf[P], buf[P + 1] = c * wl, wl
     group.sum_in_place(buf)

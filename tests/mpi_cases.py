@@ -2,7 +2,8 @@
 trains, and how the shards are cut; the test fits the same cases in one process and compares.
 
 Run under MPI, each rank fits every case on its shard with ``comm=MPI.COMM_WORLD`` and writes
-``OUT/<case>.rank<r>.npz`` (θ, the history, the error message of the bad-input case).
+``OUT/<case>.rank<r>.npz`` (θ, the history, the error message of the bad-input case); with a
+second argument ``cuda``, the one cuda case (``CUDA_CASE``) on the cuda backend instead.
 """
 
 from __future__ import annotations
@@ -72,10 +73,10 @@ def shard(arr, rank: int, size: int):
 
 
 def one_process(name: str):
-    """(θ, history) of the case's fit in one process on the whole set."""
+    """(θ, history) of the case's fit in one process on the whole set (the cpu backend)."""
     import fastbp
 
-    case = CASES[name]
+    case = CUDA if name == CUDA_CASE else CASES[name]
     x, y, sw, xv, yv = data(case)
     net = fastbp.MLP(case["sizes"], case["acts"], case["loss"], dtype=np.dtype(case["dtype"]), seed=1)
     h = net.fit(x, y, sample_weight=sw, validation_data=(xv, yv) if case.get("val") else None, verbose=False,
@@ -83,7 +84,13 @@ def one_process(name: str):
     return net.params, h
 
 
-def main(out: str) -> None:
+#: The case the cuda backend runs (on the simulator in CI: few steps).
+CUDA_CASE = "cuda-adam"
+CUDA = dict(sizes=[5, 4, 3], acts=["tanh", "softmax"], loss="cross_entropy", labels=True, dtype="float64",
+            weights=True, val=True, fit=dict(optimizer="adam", lr=0.01, epochs=1, batch_size=13, clip_norm=1.0))
+
+
+def main(out: str, backend: str = "cpu") -> None:
     from mpi4py import MPI
 
     import fastbp
@@ -91,16 +98,19 @@ def main(out: str) -> None:
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
     out_dir = pathlib.Path(out)
-    for name, case in CASES.items():
+    cases = CASES if backend == "cpu" else {CUDA_CASE: CUDA}
+    for name, case in cases.items():
         x, y, sw, xv, yv = data(case)
         # every rank starts from another θ: fit must broadcast rank 0's
         net = fastbp.MLP(case["sizes"], case["acts"], case["loss"], dtype=np.dtype(case["dtype"]),
-                         seed=1 if rank == 0 else 100 + rank)
+                         seed=1 if rank == 0 else 100 + rank, backend=backend)
         val = (shard(xv, rank, size), shard(yv, rank, size)) if case.get("val") else None
         h = net.fit(shard(x, rank, size), shard(y, rank, size), sample_weight=shard(sw, rank, size),
                     validation_data=val, verbose=False, comm=comm, **case["fit"])
         h.pop("time")  # rank 0's, broadcast: equal too, but not comparable with one process
         np.savez(out_dir / f"{name}.rank{rank}.npz", params=net.params, history=json.dumps(h))
+    if backend != "cpu":
+        return
     # bad input on the last rank only: every rank raises the same error, θ unchanged everywhere
     case = CASES["sgd-labels-val"]
     x, y, _, _, _ = data(case)
@@ -119,4 +129,4 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:])

@@ -26,20 +26,22 @@ TIMEOUT_S = 240
 
 @pytest.fixture(scope="module")
 def one_process():
-    """Each case's θ and history in one process.  This also fills the kernel cache that the ranks
-    load (and a float32 loss_and_grad, which the ranks call and a one-process fit does not)."""
+    """Each case's θ and history in one process.  The fits with a one-rank communicator first
+    fill the kernel cache with what the ranks run and a one-process fit does not (the compiled
+    update and loss_and_grad, per dtype), so the ranks load it instead of each compiling it."""
     import fastbp
 
-    net = fastbp.MLP([2, 1], ["identity"], "mse", dtype=np.float32)
-    net.loss_and_grad(np.ones((1, 2), np.float32), np.ones(1, np.float32))
+    for dt in (np.float32, np.float64):
+        net = fastbp.MLP([2, 2], ["softmax"], "cross_entropy", dtype=dt)
+        net.fit(np.ones((2, 2), dt), np.array([0, 1]), epochs=1, comm=MPI.COMM_SELF, verbose=False)
     return {name: M.one_process(name) for name in M.CASES}
 
 
-def _launch(size: int, out) -> dict:
+def _launch(size: int, out, backend: str = "cpu", **env_extra) -> dict:
     if MPIEXEC is None:
         pytest.skip("no mpiexec on PATH or beside the interpreter")
-    env = dict(os.environ, NUMBA_NUM_THREADS="1", FASTBP_MPI_CHECK="1")
-    cmd = [MPIEXEC, "-n", str(size), sys.executable, "-m", "tests.mpi_cases", str(out)]
+    env = dict(os.environ, NUMBA_NUM_THREADS="1", FASTBP_MPI_CHECK="1", **env_extra)
+    cmd = [MPIEXEC, "-n", str(size), sys.executable, "-m", "tests.mpi_cases", str(out), backend]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
         proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
@@ -47,7 +49,7 @@ def _launch(size: int, out) -> dict:
         pytest.fail(f"mpiexec -n {size} did not finish in {TIMEOUT_S} s (a deadlock?): {e.stderr}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = {}
-    for name in [*M.CASES, "bad-input"]:
+    for name in [*M.CASES, "bad-input"] if backend == "cpu" else [M.CUDA_CASE]:
         results[name] = [dict(np.load(out / f"{name}.rank{r}.npz")) for r in range(size)]
     return results
 
@@ -82,6 +84,21 @@ def test_every_rank_ends_with_the_one_process_parameters(ranks, one_process, nam
         assert a.shape == b.shape, (key, a, b)  # the same epochs (early stopping agrees)
         tol = 1e-12 if theta.dtype == np.float64 else 1e-5
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol, err_msg=key)
+
+
+def test_cuda_backend_over_two_ranks(tmp_path):
+    """One rank per GPU, the reduction staged through the host: on the CUDA simulator (where no
+    GPU is present), two ranks give the cpu backend's one-process parameters."""
+    from fastbp.cuda import unavailable_reason
+
+    if unavailable_reason() is not None:
+        pytest.skip(f"the cuda backend cannot run here: {unavailable_reason()}")
+    got = _launch(2, tmp_path, "cuda")[M.CUDA_CASE]
+    theta, history = M.one_process(M.CUDA_CASE)
+    np.testing.assert_array_equal(got[1]["params"], got[0]["params"])
+    np.testing.assert_allclose(got[0]["params"], theta, rtol=0, atol=1e-10 * np.abs(theta).max())
+    h = json.loads(str(got[0]["history"]))
+    np.testing.assert_allclose(h["val_loss"], history["val_loss"], rtol=1e-12)
 
 
 def test_bad_input_on_one_rank_raises_on_every_rank(ranks):

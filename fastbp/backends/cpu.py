@@ -169,6 +169,16 @@ class CpuBackend(HostBackend):
         yk, lab, _ = self.kernel_targets(y)
         return _train._count_correct(s.activations[-1], out, yk, lab)
 
+    def step(self, params, grad, c, wsum, opt, state, lr, clip, alpha) -> float:
+        """One update of ``params`` from a minibatch's loss ``c`` and gradient ``grad`` (weight
+        total ``wsum``), as the compiled epoch loop takes it (:func:`fastbp.cpu.train.apply_step`):
+        returns the penalty, or NaN with nothing changed if the step is not finite."""
+        hp = hyper_vector(opt, lr, clip, alpha)
+        pen = _train.apply_step(params, self.spec.sizes, grad, c, wsum, opt.code, hp, state.buffer, state.t)
+        if pen == pen:
+            state.t += 1
+        return float(pen)
+
     def trainer(self, params, x, y, sample_weight, opt, state, batch_size, clip, alpha=0.0):
         return CpuTrainer(self, params, x, y, sample_weight, opt, state, batch_size, clip, alpha)
 

@@ -12,7 +12,7 @@ from ._twins import bound_to
 from .network import _loss_and_grad_parallel, _loss_and_grad_serial, _parallel_pays
 from .optim import _adam_parallel, _adam_serial, clip_grad_norm, sgd_step
 
-__all__ = ["train_epoch"]
+__all__ = ["apply_step", "train_epoch"]
 
 # Slots of the ``stats`` array that train_epoch fills (PENALTY_SUM only in an array that has it).
 LOSS_SUM, N_SEEN, N_CORRECT, N_COUNTED, DIVERGED, STEPS, PENALTY_SUM = range(7)
@@ -79,6 +79,40 @@ def _count_correct(act, out, y, labels):
     return correct, counted
 
 
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def apply_step(params, sizes, grad, c, wsum, opt, hp, state, t, min_parallel_work=PARALLEL_MIN_WORK):
+    """The update after one minibatch's loss ``c`` and gradient ``grad`` (in place): the weights'
+    L2 penalty for a batch of weight total ``wsum`` (rows, or the sum of its sample weights; a
+    batch of zero weights has no loss and no penalty), norm clipping, then step ``t + 1`` of the
+    optimizer (``opt``, ``hp``, ``state`` as for :func:`train_epoch`).
+
+    Returns the penalty (α/(2 wsum)) Σ_l ‖W^l‖², or NaN, with ``params`` and ``state`` untouched,
+    if the loss, the gradient or the penalty is not finite.  The Adam update runs its parallel
+    twin for large θ at the default ``min_parallel_work``.
+    """
+    P = params.shape[0]
+    alpha = hp[HP_ALPHA] if hp.shape[0] > HP_ALPHA else 0.0
+    eps_hat = hp.shape[0] > HP_EPS_HAT and hp[HP_EPS_HAT] != 0
+    pen = 0.0
+    if alpha > 0 and wsum > 0:
+        pen = add_weight_penalty(params, sizes, grad, alpha / wsum)
+    norm = clip_grad_norm(grad, hp[6])
+    if not (np.isfinite(c) and np.isfinite(norm) and np.isfinite(pen)):
+        return np.nan
+    t += 1
+    first = state[:P]
+    second = state[P:]
+    # ε̂ (scikit-learn's placement) is ε̂/√(1 − β₂^t) in the kernels' form.
+    eps = hp[3] / np.sqrt(1.0 - hp[2] ** t) if eps_hat else hp[3]
+    if opt == 0:
+        sgd_step(params, grad, first, hp[0], hp[1], hp[5] != 0, hp[4])
+    elif min_parallel_work <= PARALLEL_MIN_WORK and P >= PARALLEL_MIN_PARAMS:
+        _adam_parallel(params, grad, first, second, t, hp[0], hp[1], hp[2], eps, hp[4], hp[5] != 0)
+    else:
+        _adam_serial(params, grad, first, second, t, hp[0], hp[1], hp[2], eps, hp[4], hp[5] != 0)
+    return pen
+
+
 @njit(inline="always")
 def _loss_and_grad_twin(parallel, params, sizes, acts, loss, x, y, labels, grad, work, sample_weight):
     if parallel:
@@ -142,15 +176,12 @@ def train_epoch(params, sizes, acts, loss, x, y, labels, perm, batch_size, opt, 
     L = sizes.shape[0] - 1
     nL = sizes[L]
     n_in = x.shape[1]
-    first = state[:P]
-    second = state[P:]
     has_labels = labels.shape[0] > 0
     weighted = sample_weight.shape[0] > 0
     # One twin for every step of the call, chosen by the full batch size: a smaller last batch
     # does not make the process compile the other twin too.
     par = _parallel_pays(batch_size, P, False, min_parallel_work)
     alpha = hp[HP_ALPHA] if hp.shape[0] > HP_ALPHA else 0.0
-    eps_hat = hp.shape[0] > HP_EPS_HAT and hp[HP_EPS_HAT] != 0
     for start in range(0, N, batch_size):
         m = min(batch_size, N - start)
         for r in range(m):
@@ -165,32 +196,20 @@ def train_epoch(params, sizes, acts, loss, x, y, labels, perm, batch_size, opt, 
             if weighted:
                 swb[r] = sample_weight[src]
         c = _loss_and_grad_twin(par, params, sizes, acts, loss, xb[:m], yb[:m], lb[:m], grad, work, swb[:m])
-        pen = 0.0
-        if alpha > 0:
-            wsum = 0.0
-            if weighted:
-                for r in range(m):
-                    wsum += swb[r]
-            else:
-                wsum = m
-            if wsum > 0:  # a batch of zero weights has no loss (and no penalty), as in the kernels
-                pen = add_weight_penalty(params, sizes, grad, alpha / wsum)
-        norm = clip_grad_norm(grad, hp[6])
-        if not (np.isfinite(c) and np.isfinite(norm) and np.isfinite(pen)):
-            stats[DIVERGED] = 1.0
-            return t
+        wsum = 0.0
+        if alpha > 0 and weighted:
+            for r in range(m):
+                wsum += swb[r]
+        else:
+            wsum = m
         # The batch output a^L is still in the workspace after the backward pass.
         ao = activation_offset(sizes, L - 1, m) + m * nL
         correct, counted = _count_correct(acts[L - 1], work[ao : ao + m * nL].reshape((m, nL)), yb[:m], lb[:m])
+        pen = apply_step(params, sizes, grad, c, wsum, opt, hp, state, t, min_parallel_work)
+        if not np.isfinite(pen):
+            stats[DIVERGED] = 1.0
+            return t
         t += 1
-        # ε̂ (scikit-learn's placement) is ε̂/√(1 − β₂^t) in the kernels' form.
-        eps = hp[3] / np.sqrt(1.0 - hp[2] ** t) if eps_hat else hp[3]
-        if opt == 0:
-            sgd_step(params, grad, first, hp[0], hp[1], hp[5] != 0, hp[4])
-        elif min_parallel_work <= PARALLEL_MIN_WORK and P >= PARALLEL_MIN_PARAMS:
-            _adam_parallel(params, grad, first, second, t, hp[0], hp[1], hp[2], eps, hp[4], hp[5] != 0)
-        else:
-            _adam_serial(params, grad, first, second, t, hp[0], hp[1], hp[2], eps, hp[4], hp[5] != 0)
         stats[LOSS_SUM] += c * m
         stats[N_SEEN] += m
         stats[N_CORRECT] += correct
