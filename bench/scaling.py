@@ -15,7 +15,7 @@ min-max):
 
 A step's time is an epoch's time (``history["time"]``, rank 0's) over its steps, the best of the
 timed epochs after one warm-up epoch (compilation and cache loads excluded).  Under MPI each rank
-also times ``Allreduce`` of the step's buffer (θ's size + 5 entries, in place) alone, 30 times:
+also times ``Allreduce`` of the step's buffer (θ's size + 4 entries, in place) alone, 30 times:
 its median is the reduction's time per step.  The model for more ranks: a ring ``Allreduce``
 moves 2 (K−1)/K · P · bytes per rank and step, so T(K) ≈ T_compute(1)/K + α log2 K +
 2 (K−1)/K · P · bytes / β, with β from the measured reduction (shared memory here) and from an
@@ -76,7 +76,7 @@ def worker(name: str, dtype: str, steps: int, use_comm: bool) -> dict:
     h = net.fit(x[lo:hi], y[lo:hi], epochs=3, **kw)
     out = {"step_s": min(h["time"]) / steps, "n_params": net.n_params}
     if comm is not None:
-        buf = np.zeros(net.n_params + 5, dtype=np.dtype(dtype))
+        buf = np.zeros(net.n_params + 4, dtype=np.dtype(dtype))
         times = []
         for _ in range(30):
             comm.Barrier()

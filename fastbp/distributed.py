@@ -36,8 +36,8 @@ __all__ = ["Group", "check_shard", "mpi_info"]
 CHECK_EVERY_EPOCH = os.environ.get("FASTBP_MPI_CHECK", "") not in ("", "0")
 
 # extra slots of the reduced step buffer, after the P gradient entries
-_LOSS, _WSUM, _CORRECT, _COUNTED, _INTERRUPT = range(5)
-_EXTRA = 5
+_LOSS, _CORRECT, _COUNTED, _INTERRUPT = range(4)
+_EXTRA = 4
 
 
 def mpi_info() -> str:
@@ -228,7 +228,9 @@ def _counted(spec, n: int) -> int:
 class DistributedTrainer:
     """The :class:`fastbp.backends.Trainer` of ``fit(comm=...)``: host θ and optimizer state,
     one Python step per global minibatch around one in-place ``Allreduce`` of
-    [Σ w ∂ℓ/∂θ, Σ w ℓ, Σ w, correct, counted, interrupt]."""
+    [(W_r / W) ∂C_r/∂θ, (W_r / W) C_r, correct, counted, interrupt], where C_r is the weighted
+    mean loss of this rank's rows of the minibatch, W_r their weight total and W the
+    minibatch's (all reduced once per epoch): the sum is the global mean gradient itself."""
 
     def __init__(self, group: Group, backend, params, x, y, sample_weight, opt, state, batch_size, clip, alpha,
                  offset: int):
@@ -237,8 +239,9 @@ class DistributedTrainer:
         self.B, self.clip, self.alpha = batch_size, clip, alpha
         self.lo, self.hi = offset, offset + x.shape[0]
         P = params.shape[0]
-        self.grad = np.empty_like(params)
         self.buf = np.empty(P + _EXTRA, params.dtype)
+        self.grad = self.buf[:P]  # the kernels write the local gradient into the reduced buffer
+        self.xb = np.empty((min(batch_size, x.shape[0]), x.shape[1]), x.dtype)
         self.spec = backend.spec
         self.stepper = getattr(backend, "step", None)
 
@@ -250,38 +253,56 @@ class DistributedTrainer:
 
     # -- one step ---------------------------------------------------------------------------
 
-    def _local_sums(self, rows: np.ndarray) -> None:
-        """buf[:P] = Σ w ∂ℓ/∂θ over this rank's rows of the minibatch, and the scalar sums."""
+    def _batch_weights(self, perm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(this rank's, every rank's) weight total of each minibatch of the epoch (rows, or the
+        sum of their sample weights): one small Allreduce per epoch."""
+        mine = (perm >= self.lo) & (perm < self.hi)
+        if self.sw is None:
+            w = mine.astype(np.float64)
+        else:
+            w = np.zeros(perm.shape[0])
+            w[mine] = self.sw[perm[mine] - self.lo]
+        starts = np.arange(0, perm.shape[0], self.B)
+        local = np.add.reduceat(w, starts) if perm.shape[0] else np.zeros(0)
+        total = local.copy()
+        self.group.sum_in_place(total)
+        return local, total
+
+    def _local_sums(self, rows: np.ndarray, share: float) -> None:
+        """buf = this rank's part of the minibatch's mean gradient and loss (``share`` = W_r / W),
+        and its prediction counts."""
         buf, P, spec = self.buf, self.params.shape[0], self.spec
-        buf[...] = 0
+        buf[P:] = 0
         mine = rows[(rows >= self.lo) & (rows < self.hi)] - self.lo
-        if mine.shape[0] == 0:
+        if mine.shape[0] == 0 or share == 0:  # no weight here: no loss and no gradient
+            self.grad[...] = 0
             return
-        xb, yb = self.x[mine], self.y[mine]
+        k = mine.shape[0]
+        xb = np.take(self.x, mine, axis=0, out=self.xb[:k])
+        yb = self.y[mine]
         swb = None if self.sw is None else self.sw[mine]
-        wl = float(mine.shape[0]) if swb is None else float(np.sum(swb, dtype=np.float64))
-        if wl == 0:  # no weight here: no loss and no gradient (as a zero-weight batch in one process)
-            return
         c = self.backend.loss_and_grad(self.params, *to_backend(self.backend, xb, yb, swb), self.grad)
-        np.multiply(self.grad, self.grad.dtype.type(wl), out=buf[:P])
-        buf[P + _LOSS] = c * wl
-        buf[P + _WSUM] = wl
+        if share != 1.0:
+            self.grad *= self.grad.dtype.type(share)
+        buf[P + _LOSS] = c * share
         if spec.is_classifier:
             counter = getattr(self.backend, "count_last_output", None)
             if counter is not None:  # the cpu backend: a^L is still in its workspace
-                k, n = counter(xb.shape[0], yb)
+                right, n = counter(k, yb)
             else:
                 out = self.backend.forward(self.params, xb)
-                k, n = _ref.count_correct(spec.activations[-1], np.asarray(out), yb)
-            buf[P + _CORRECT] = k
+                right, n = _ref.count_correct(spec.activations[-1], np.asarray(out), yb)
+            buf[P + _CORRECT] = right
             buf[P + _COUNTED] = n
 
     def run_epoch(self, perm, lr, check_interrupt):
         P, spec, buf, grad = self.params.shape[0], self.spec, self.buf, self.grad
         loss_sum, seen, correct, counted, steps, penalty_sum = 0.0, 0, 0, 0, 0, 0.0
-        for start in range(0, perm.shape[0], self.B):
+        local, total = self._batch_weights(perm)
+        for b, start in enumerate(range(0, perm.shape[0], self.B)):
             rows = perm[start : start + self.B]
-            self._local_sums(rows)
+            wsum = float(total[b])
+            self._local_sums(rows, local[b] / wsum if wsum > 0 else 0.0)
             try:
                 check_interrupt()
             except KeyboardInterrupt:
@@ -289,13 +310,7 @@ class DistributedTrainer:
             self.group.sum_in_place(buf)
             if buf[P + _INTERRUPT]:  # on any rank: every rank stops before this step
                 raise KeyboardInterrupt
-            wsum = float(buf[P + _WSUM])
-            if wsum > 0:
-                np.divide(buf[:P], buf.dtype.type(wsum), out=grad)
-                c = float(buf[P + _LOSS]) / wsum
-            else:
-                grad[...] = 0
-                c = 0.0
+            c = float(buf[P + _LOSS])
             if self.stepper is not None:  # the compiled update of the backend's epoch loop
                 pen = self.stepper(self.params, grad, c, wsum, self.opt, self.state, lr, self.clip, self.alpha)
                 if not np.isfinite(pen):

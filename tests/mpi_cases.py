@@ -126,6 +126,22 @@ def main(out: str, backend: str = "cpu") -> None:
         message = str(e)
     np.savez(out_dir / f"bad-input.rank{rank}.npz", unchanged=np.array_equal(before, net.params),
              message=json.dumps(message))
+    # a callback that raises on the last rank only, after the first epoch: every rank raises it,
+    # with θ at the end of that epoch (the same on every rank)
+    x, y, _, _, _ = data(case)
+
+    def callback(epoch, logs, net):
+        if rank == size - 1 and epoch == 0:
+            raise RuntimeError("the callback of the last rank")
+
+    net = fastbp.MLP(case["sizes"], case["acts"], case["loss"], seed=2)
+    try:
+        net.fit(shard(x, rank, size), shard(y, rank, size), epochs=3, batch_size=8, comm=comm, verbose=False,
+                callback=callback)
+        message = None
+    except RuntimeError as e:
+        message = str(e)
+    np.savez(out_dir / f"callback-raises.rank{rank}.npz", params=net.params, message=json.dumps(message))
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def _launch(size: int, out, backend: str = "cpu", **env_extra) -> dict:
         pytest.fail(f"mpiexec -n {size} did not finish in {TIMEOUT_S} s (a deadlock?): {e.stderr}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = {}
-    for name in [*M.CASES, "bad-input"] if backend == "cpu" else [M.CUDA_CASE]:
+    for name in [*M.CASES, "bad-input", "callback-raises"] if backend == "cpu" else [M.CUDA_CASE]:
         results[name] = [dict(np.load(out / f"{name}.rank{r}.npz")) for r in range(size)]
     return results
 
@@ -108,6 +108,14 @@ def test_bad_input_on_one_rank_raises_on_every_rank(ranks):
     assert all(m is not None and "y: class labels must lie in [0, 3)" in m for m in messages), messages
     assert len(set(messages)) == 1
     assert all(bool(g["unchanged"]) for g in got)
+
+
+def test_a_callback_raising_on_one_rank_raises_on_every_rank(ranks):
+    size, results = ranks
+    got = results["callback-raises"]
+    assert [json.loads(str(g["message"])) for g in got] == ["the callback of the last rank"] * size
+    for g in got[1:]:
+        np.testing.assert_array_equal(g["params"], got[0]["params"])
 
 
 # ---- in one process: the communicator of one rank, and what fit refuses --------------------------

@@ -48,11 +48,12 @@ def bound_to(dispatcher, suffix: str, **rebind):
     return njit(cache=True, **options)(_renamed(dispatcher.py_func, suffix, **rebind))
 
 
-def twins(body):
-    """Return (serial, parallel) dispatchers compiled from ``body``'s Python function."""
+def twins(body, **options):
+    """Return (serial, parallel) dispatchers compiled from ``body``'s Python function (with
+    further ``njit`` options, such as ``error_model``, for both)."""
     py = getattr(body, "py_func", body)
-    serial = njit(cache=True, nogil=True, fastmath=FASTMATH)(py)
-    parallel = njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)(_renamed(py, "_parallel"))
+    serial = njit(cache=True, nogil=True, fastmath=FASTMATH, **options)(py)
+    parallel = njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, **options)(_renamed(py, "_parallel"))
     return serial, parallel
 
 
