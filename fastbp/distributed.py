@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import os
 import zlib
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from . import _validation as V
-from . import optim as _optim
 from . import reference as _ref
-from .backends import EpochStats
+from .backends._host import HostBackend, HostTrainer, host_step, stats
 
 __all__ = ["Group", "check_shard", "mpi_info"]
 
@@ -205,8 +205,6 @@ def agree_on_fit(group: Group, backend, a: dict, settings: dict) -> tuple[dict, 
 def to_backend(backend, x, y, sw):
     """Checked host (x, y, sample_weight) in the form the backend's methods take (the cuda
     backend's device copies and label flags; the host backends' arrays as they are)."""
-    from .backends._host import HostBackend
-
     if isinstance(backend, HostBackend):
         return x, y, sw
     n = x.shape[0]
@@ -225,7 +223,7 @@ def _counted(spec, n: int) -> int:
     return n if spec.activation_names[-1] == "softmax" else n * spec.n_outputs
 
 
-class DistributedTrainer:
+class DistributedTrainer(HostTrainer):
     """The :class:`fastbp.backends.Trainer` of ``fit(comm=...)``: host θ and optimizer state,
     one Python step per global minibatch around one in-place ``Allreduce`` of
     [(W_r / W) ∂C_r/∂θ, (W_r / W) C_r, correct, counted, interrupt], where C_r is the weighted
@@ -234,7 +232,8 @@ class DistributedTrainer:
 
     def __init__(self, group: Group, backend, params, x, y, sample_weight, opt, state, batch_size, clip, alpha,
                  offset: int):
-        self.group, self.backend, self.params, self.opt, self.state = group, backend, params, opt, state
+        super().__init__(backend, params, opt, state)
+        self.group = group
         self.x, self.y, self.sw = x, y, sample_weight
         self.B, self.clip, self.alpha = batch_size, clip, alpha
         self.lo, self.hi = offset, offset + x.shape[0]
@@ -243,13 +242,8 @@ class DistributedTrainer:
         self.grad = self.buf[:P]  # the kernels write the local gradient into the reduced buffer
         self.xb = np.empty((min(batch_size, x.shape[0]), x.shape[1]), x.dtype)
         self.spec = backend.spec
-        self.stepper = getattr(backend, "step", None)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return None
+        # the backend's compiled update (the cpu epoch loop's), else the NumPy one
+        self.stepper = getattr(backend, "step", None) or partial(host_step, backend.spec)
 
     # -- one step ---------------------------------------------------------------------------
 
@@ -296,7 +290,7 @@ class DistributedTrainer:
             buf[P + _COUNTED] = n
 
     def run_epoch(self, perm, lr, check_interrupt):
-        P, spec, buf, grad = self.params.shape[0], self.spec, self.buf, self.grad
+        P, buf, grad = self.params.shape[0], self.buf, self.grad
         loss_sum, seen, correct, counted, steps, penalty_sum = 0.0, 0, 0, 0, 0, 0.0
         local, total = self._batch_weights(perm)
         for b, start in enumerate(range(0, perm.shape[0], self.B)):
@@ -311,20 +305,9 @@ class DistributedTrainer:
             if buf[P + _INTERRUPT]:  # on any rank: every rank stops before this step
                 raise KeyboardInterrupt
             c = float(buf[P + _LOSS])
-            if self.stepper is not None:  # the compiled update of the backend's epoch loop
-                pen = self.stepper(self.params, grad, c, wsum, self.opt, self.state, lr, self.clip, self.alpha)
-                if not np.isfinite(pen):
-                    return _stats(loss_sum, seen, correct, counted, steps, True, penalty_sum)
-            else:
-                pen = 0.0
-                if self.alpha > 0 and wsum > 0:
-                    pen = _host_penalty(spec, self.params, grad, self.alpha / wsum)
-                norm = float(np.sqrt(np.sum(grad.astype(np.float64) ** 2)))
-                if not (np.isfinite(c) and np.isfinite(norm) and np.isfinite(pen)):
-                    return _stats(loss_sum, seen, correct, counted, steps, True, penalty_sum)
-                if self.clip > 0 and norm > self.clip:
-                    grad *= grad.dtype.type(self.clip / (norm + 1e-12))
-                _optim.reference_step(self.opt, self.params, grad, self.state, lr)
+            pen = self.stepper(self.params, grad, c, wsum, self.opt, self.state, lr, self.clip, self.alpha)
+            if not np.isfinite(pen):
+                return stats(loss_sum, seen, correct, counted, steps, True, penalty_sum)
             m = rows.shape[0]
             loss_sum += c * m
             penalty_sum += pen * m
@@ -332,28 +315,16 @@ class DistributedTrainer:
             correct += int(round(float(buf[P + _CORRECT])))
             counted += int(round(float(buf[P + _COUNTED])))
             steps += 1
-        return _stats(loss_sum, seen, correct, counted, steps, False, penalty_sum)
+        return stats(loss_sum, seen, correct, counted, steps, False, penalty_sum)
 
     # -- the rest of the protocol -------------------------------------------------------------
 
     def evaluate(self, x, y):
         return evaluate(self.group, self.backend, self.params, x, y)
 
-    def pull(self):
-        return None
-
     def push(self):
         # a callback may have changed θ: rank 0's θ is every rank's
         self.group.broadcast_array(self.params)
-
-    def scale_velocity(self, factor):
-        self.state.first[...] *= self.state.buffer.dtype.type(factor)
-
-    def snapshot(self):
-        return self.params.copy()
-
-    def restore(self, snapshot):
-        self.params[...] = snapshot
 
 
 def evaluate(group: Group, backend, params, x, y) -> tuple[float, float | None]:
@@ -392,14 +363,3 @@ def loss_and_grad_sum(group: Group, backend, params, x, y, sw, grad) -> tuple[fl
         return float(buf[P] / wsum), float(wsum)
     grad[...] = 0
     return 0.0, 0.0
-
-
-def _host_penalty(spec, params, grad, scale) -> float:
-    from .backends._host import weight_penalty
-
-    return weight_penalty(spec, params, grad, scale)
-
-
-def _stats(loss_sum, seen, correct, counted, steps, diverged, penalty_sum) -> EpochStats:
-    return EpochStats(float(loss_sum), int(seen), int(correct), int(counted), int(steps), bool(diverged),
-                      float(penalty_sum))

@@ -7,6 +7,7 @@ from functools import partial
 import numpy as np
 
 from .. import _validation as V
+from .. import optim as _optim
 from . import EpochStats
 
 _NO_LABELS = np.empty(0, dtype=np.int64)  # writeable: a read-only array is another Numba type
@@ -62,6 +63,22 @@ class HostTrainer:
 def stats(loss_sum=0.0, n_seen=0, n_correct=0, n_counted=0, steps=0, diverged=False, penalty_sum=0.0) -> EpochStats:
     return EpochStats(float(loss_sum), int(n_seen), int(n_correct), int(n_counted), int(steps), bool(diverged),
                       float(penalty_sum))
+
+
+def host_step(spec, params, grad, c, wsum, opt, state, lr, clip, alpha) -> float:
+    """NumPy twin of :func:`fastbp.cpu.train.apply_step`: the weights' penalty for a batch of
+    weight total ``wsum``, clipping to norm ``clip`` (0: none), then the optimizer step; returns
+    the penalty, or NaN with nothing changed if the loss, gradient or penalty is not finite."""
+    pen = 0.0
+    if alpha > 0 and wsum > 0:
+        pen = weight_penalty(spec, params, grad, alpha / wsum)
+    norm = float(np.sqrt(np.sum(grad.astype(np.float64) ** 2)))
+    if not (np.isfinite(c) and np.isfinite(norm) and np.isfinite(pen)):
+        return float("nan")
+    if clip > 0 and norm > clip:
+        grad *= grad.dtype.type(clip / (norm + 1e-12))
+    _optim.reference_step(opt, params, grad, state, lr)
+    return pen
 
 
 def weight_penalty(spec, params: np.ndarray, grad: np.ndarray, scale: float) -> float:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import optim as _optim
 from .. import reference as _ref
-from ._host import HostBackend, HostTrainer, stats, weight_penalty
+from ._host import HostBackend, HostTrainer, host_step, stats
 
 
 class NumpyBackend(HostBackend):
@@ -51,20 +50,15 @@ class NumpyTrainer(HostTrainer):
             xb, yb = self.x[rows], self.y[rows]
             sw = None if self.sw is None else self.sw[rows]
             c = self.backend.loss_and_grad(self.params, xb, yb, sw, self.grad)
-            pen = 0.0
             wsum = rows.shape[0] if sw is None else float(np.sum(sw, dtype=np.float64))
-            if self.alpha > 0 and wsum > 0:
-                pen = weight_penalty(s, self.params, self.grad, self.alpha / wsum)
-            norm = float(np.sqrt(np.sum(self.grad.astype(np.float64) ** 2)))
-            if not (np.isfinite(c) and np.isfinite(norm) and np.isfinite(pen)):
-                return stats(loss_sum, seen, correct, counted, steps, True, penalty_sum)
-            if self.clip > 0 and norm > self.clip:
-                self.grad *= self.grad.dtype.type(self.clip / (norm + 1e-12))
-            if s.is_classifier:
+            if s.is_classifier:  # θ before the step
                 out = _ref.forward(self.params, s.sizes, s.activations, xb)
                 k, n = _ref.count_correct(s.activations[-1], out, yb)
+            pen = host_step(s, self.params, self.grad, c, wsum, self.opt, self.state, lr, self.clip, self.alpha)
+            if not np.isfinite(pen):
+                return stats(loss_sum, seen, correct, counted, steps, True, penalty_sum)
+            if s.is_classifier:
                 correct, counted = correct + k, counted + n
-            _optim.reference_step(self.opt, self.params, self.grad, self.state, lr)
             loss_sum += c * rows.shape[0]
             penalty_sum += pen * rows.shape[0]
             seen += rows.shape[0]
