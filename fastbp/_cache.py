@@ -18,6 +18,10 @@ old callees.  So every fastbp kernel is cached by :class:`FastbpCacheLocator`:
 The locator is registered with Numba when ``fastbp`` is imported, before any kernel is
 decorated, and answers only for files inside the package.  A user's
 ``NUMBA_CACHE_LOCATOR_CLASSES`` replaces Numba's list and is left alone.
+
+Every cached kernel is decorated with :func:`cached_njit`, whose disk cache is a
+:class:`FastbpFunctionCache`: it loads machine code without first refreshing Numba's
+compilation registries, which is most of what a warm process used to spend in Numba.
 """
 
 from __future__ import annotations
@@ -31,9 +35,10 @@ import tempfile
 import llvmlite
 import numba
 from numba.core import caching, config
+from numba.core.runtime import rtsys
 from numba.misc.appdirs import AppDirs
 
-__all__ = ["FastbpCacheLocator", "cache_dir", "package_hash"]
+__all__ = ["FastbpCacheLocator", "FastbpFunctionCache", "cache_dir", "cached_njit", "package_hash"]
 
 PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
 
@@ -113,3 +118,43 @@ def register() -> None:
     classes = caching.CacheImpl._locator_classes
     if FastbpCacheLocator not in classes:
         classes.insert(0, FastbpCacheLocator)
+
+
+class FastbpFunctionCache(caching.FunctionCache):
+    """Numba's disk cache of a compiled function, except that a load does not refresh the contexts.
+
+    ``numba.core.caching.Cache.load_overload`` starts with ``target_context.refresh()``.  In a
+    process's first load that imports some forty Numba modules and installs every typing and
+    lowering registry: about 0.25 s on the reference machine, and more again at interpreter exit
+    to free them.  That is what *compiling* needs; rebuilding cached machine code needs only the
+    NRT's symbols (:func:`rtsys.initialize`, which compiles nothing of ours) and the C helpers that
+    Numba registers when it is imported.  The parallel twins' scheduling symbols come from the
+    threading layer, which :mod:`fastbp.cpu` launches when it is imported, before any of them
+    can load.  A cache miss compiles as always, and Numba's compiler refreshes both contexts
+    itself first (``numba.core.compiler.CompilerBase``).  ``tests/test_cache.py`` checks that a
+    warm process refreshes nothing and that every symbol the cached machine code imports exists
+    in it (an unresolved one would abort the process in LLVM).
+    """
+
+    def load_overload(self, sig, target_context):
+        load = getattr(self, "_load_overload", None)
+        guard = getattr(self, "_guard_against_spurious_io_errors", None)
+        if load is None or guard is None:  # a Numba without these internals: its own load
+            return super().load_overload(sig, target_context)
+        rtsys.initialize(target_context)
+        with guard():
+            return load(sig, target_context)
+        return None  # the guard swallowed an I/O error: compile instead (as Numba does)
+
+
+def cached_njit(**options):
+    """``numba.njit(cache=True, **options)`` for a fastbp kernel: the decorator of every cached
+    kernel in the package, its disk cache a :class:`FastbpFunctionCache` (located by
+    :class:`FastbpCacheLocator`)."""
+
+    def decorate(py_func):
+        dispatcher = numba.njit(**options)(py_func)
+        dispatcher._cache = FastbpFunctionCache(dispatcher.py_func)  # what Dispatcher.enable_caching does
+        return dispatcher
+
+    return decorate

@@ -27,13 +27,14 @@ from __future__ import annotations
 import math
 
 from llvmlite import ir
-from numba import njit
 from numba.core import types
 from numba.extending import intrinsic
 
+from ._cache import cached_njit
+
 __all__ = ["exp_nonpos", "sigmoid", "tanh"]
 
-_ew = njit(cache=True, error_model="numpy", fastmath=False)  # explicit: a callee inherits unset flags
+_ew = cached_njit(error_model="numpy", fastmath=False)  # explicit: a callee inherits unset flags
 
 _LOG2E = 1.4426950408889634
 

@@ -11,15 +11,15 @@ import numbers
 from collections.abc import Sequence
 
 import numpy as np
-from numba import njit
 
 from . import activations as _A
 from . import losses as _L
+from ._cache import cached_njit
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-@njit(cache=True)
+@cached_njit()
 def _all_finite(a):
     for v in a.ravel():
         if not np.isfinite(v):
@@ -27,7 +27,7 @@ def _all_finite(a):
     return True
 
 
-@njit(cache=True)
+@cached_njit()
 def _label_bounds(y):
     lo = y[0]
     hi = y[0]
@@ -39,7 +39,7 @@ def _label_bounds(y):
     return lo, hi
 
 
-@njit(cache=True)
+@cached_njit()
 def _bounds(a):
     lo = a.flat[0]
     hi = a.flat[0]

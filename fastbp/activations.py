@@ -14,9 +14,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
 
 from . import _math
+from ._cache import cached_njit
 from .config import FASTMATH
 
 __all__ = [
@@ -62,7 +62,7 @@ LEAKY_SLOPE = 0.01
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
-_jit = njit(cache=True, fastmath=FASTMATH)
+_jit = cached_njit(fastmath=FASTMATH)
 
 
 # Sigmoid and tanh come from fastbp._math: arithmetic only, so the row loops below vectorise.
@@ -72,7 +72,7 @@ _tanh = _math.tanh
 #: Row loops: no fast-math (the vector body and the scalar remainder of a loop give the same
 #: bits, so a sample's result does not depend on its place in the batch), and divisions that
 #: raise nothing (``error_model="numpy"``), which is what lets the loops vectorise.
-_rows = njit(cache=True, error_model="numpy", fastmath=False)
+_rows = cached_njit(error_model="numpy", fastmath=False)
 
 
 @_jit

@@ -15,14 +15,14 @@ activation codes, loss code and dtype, with the offsets of the θ layout.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, types
+from numba import types
 from numba.core import cgutils
 from numba.core.imputils import impl_ret_borrowed
 from numba.extending import intrinsic
-from numba.np.arrayobj import make_array, populate_array
 
 from . import activations as _A
 from . import losses as _L
+from ._cache import cached_njit
 from ._validation import check_activations, check_dtype, check_loss, check_sizes
 
 __all__ = [
@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 
-@njit(cache=True)
+@cached_njit()
 def weight_offset(sizes, layer):
     """Offset of W^{layer+1} (0-based ``layer``) in θ."""
     off = 0
@@ -43,7 +43,7 @@ def weight_offset(sizes, layer):
     return off
 
 
-@njit(cache=True)
+@cached_njit()
 def activation_offset(sizes, layer, n_samples):
     """Offset of z^{layer+1} in the workspace; a^{layer+1} follows it."""
     off = 0
@@ -67,6 +67,10 @@ def view2d(typingctx, buf, offset, rows, cols):
     ret = types.Array(buf.dtype, 2, "C")
 
     def codegen(context, builder, sig, args):
+        # imported when a kernel compiles, not with fastbp: numba.np.arrayobj brings some ten
+        # thousand objects that a process loading cached kernels never uses
+        from numba.np.arrayobj import make_array, populate_array
+
         src = make_array(sig.args[0])(context, builder, value=args[0])
         dst = make_array(ret)(context, builder)
         off, nr, nc = (context.cast(builder, v, t, types.intp) for v, t in zip(args[1:], sig.args[1:], strict=True))

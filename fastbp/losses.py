@@ -14,8 +14,8 @@ probability, so they are finite for any finite z.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
+from ._cache import cached_njit
 from .activations import SIGMOID, SOFTMAX, derivative
 from .config import FASTMATH
 
@@ -41,7 +41,7 @@ CODES = {name: code for code, name in enumerate(NAMES)}
 REQUIRED_OUTPUT = {MSE: None, CROSS_ENTROPY: SOFTMAX, BINARY_CROSS_ENTROPY: SIGMOID}
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@cached_njit(fastmath=FASTMATH)
 def output_delta_at(loss, act, z, a, y, label, scale, delta, r):
     """BP1 for sample ``r``: δ^L = ∇_a C ⊙ σ'(z^L) in row r; returns the sample's loss term.
 

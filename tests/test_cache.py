@@ -282,3 +282,114 @@ def test_a_user_njit_loop_links_cached_parallel_code(tmp_path):
         assert r.returncode == 0, r.stderr[-2000:]
         outs.append(float(r.stdout.strip().splitlines()[-1]))
     assert outs[0] == outs[1] == outs[2]
+
+
+WARM_LOAD = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import fastbp
+    from numba.core.registry import cpu_target
+    from fastbp.cpu import network, train
+
+    net = fastbp.MLP([5, 7, 3], ["tanh", "softmax"], "cross_entropy", dtype=np.float32, seed=0)
+    x = np.linspace(-1.0, 1.0, 9 * 5).reshape(9, 5).astype(np.float32)
+    y = np.arange(9) % 3
+    p = net.predict(x)
+    loss, g = net.loss_and_grad(x, y)
+    net.fit(x, y, epochs=1, batch_size=4, verbose=False)
+    registries = len(cpu_target.typing_context._registries)
+    misses = sum(sum(d.stats.cache_misses.values()) for d in (network._forward_serial, network._loss_and_grad_serial))
+    if sys.argv[1] == "compile":  # a compilation after light loads: Numba refreshes the registries itself
+        from numba import njit
+        registries = njit(lambda a: np.linalg.norm(a) + len({1: a}))(p)
+    print(json.dumps({"out": [p.tolist(), float(loss), g.tolist(), net.params.tolist()], "registries": registries,
+                      "misses": misses}))
+    """
+)
+
+
+def _suite_env():
+    """The suite's own cache (in-tree, or the caller's NUMBA_CACHE_DIR), no other Numba setting."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_") or k == "NUMBA_CACHE_DIR"}
+    env["PYTHONPATH"] = ROOT
+    return env
+
+
+def test_a_warm_process_loads_kernels_without_numba_registries():
+    """Loading cached kernels skips Numba's registry refresh (0.25 s of a warm start), gives the
+    answers of the process that compiled them, and a later compilation in that process works."""
+    runs = []
+    for mode in ("fill", "load", "compile"):
+        r = subprocess.run([sys.executable, "-c", WARM_LOAD, mode], capture_output=True, text=True, env=_suite_env(),
+                           timeout=600, cwd=ROOT)
+        assert r.returncode == 0, r.stderr[-2000:]
+        runs.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    fill, load, compiled = runs
+    assert load["misses"] == 0 and load["registries"] == 0  # loaded, and nothing refreshed
+    assert load["out"] == fill["out"] == compiled["out"]
+    assert compiled["registries"] > 0  # the user's function compiled and ran
+
+
+def _undefined_symbols(elf: bytes) -> set[str]:
+    """Names of the undefined symbols of a 64-bit little-endian ELF relocatable object."""
+    import struct
+
+    shoff, = struct.unpack_from("<Q", elf, 0x28)
+    shentsize, shnum = struct.unpack_from("<HH", elf, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", elf, shoff + i * shentsize) for i in range(shnum)]
+    names = set()
+    for _, sh_type, _, _, off, size, link, _, _, entsize in sections:
+        if sh_type != 2:  # SHT_SYMTAB
+            continue
+        stroff = sections[link][4]
+        for pos in range(off, off + size, entsize):
+            st_name, _, _, st_shndx = struct.unpack_from("<IBBH", elf, pos)
+            if st_shndx == 0 and st_name:
+                names.add(elf[stroff + st_name:elf.index(b"\0", stroff + st_name)].decode())
+    return names
+
+
+RESOLVE = textwrap.dedent(
+    """
+    import json, sys
+    import llvmlite.binding as ll
+    import numpy as np
+    import fastbp
+    from numba.core.registry import cpu_target
+    fastbp.MLP([5, 7, 3], ["tanh", "softmax"], "cross_entropy", dtype=np.float32).predict(np.ones((2, 5), np.float32))
+    assert not cpu_target.typing_context._registries  # a process that has only loaded
+    names = json.loads(sys.stdin.read())
+    print(json.dumps([n for n in names if not ll.address_of_symbol(n)]))
+    """
+)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads the cached object code as ELF")
+def test_cached_machine_code_resolves_without_numba_registries():
+    """Every symbol that a cached kernel's machine code imports exists in a process that only
+    loads (an unresolved one aborts the process in LLVM, it is no Python error)."""
+    import glob
+    import pickle
+
+    test_a_warm_process_loads_kernels_without_numba_registries()  # at least these kernels are cached
+    r = subprocess.run([sys.executable, "-c", "from fastbp import _cache; print(_cache.cache_dir())"],
+                       capture_output=True, text=True, env=_suite_env(), cwd=ROOT, check=True)
+    objects = []
+
+    def walk(o):  # a cached library is (name, "object", (object code, bitcode)) inside the pickle
+        if isinstance(o, tuple) and len(o) == 3 and o[1] == "object" and isinstance(o[2], tuple):
+            objects.append(o[2][0])
+        elif isinstance(o, tuple | list):
+            for v in o:
+                walk(v)
+
+    for path in glob.glob(os.path.join(r.stdout.strip(), "**", "*.nbc"), recursive=True):
+        with open(path, "rb") as f:
+            walk(pickle.loads(f.read()))
+    names = set().union(*map(_undefined_symbols, objects))
+    assert len(objects) >= 3 and "NRT_MemInfo_call_dtor" in names
+    r = subprocess.run([sys.executable, "-c", RESOLVE], input=json.dumps(sorted(names)), capture_output=True,
+                       text=True, env=_suite_env(), cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == []

@@ -22,9 +22,10 @@ docstring allows it.  Validation happens once, at the public boundary.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange, types
+from numba import prange, types
 from numba.extending import overload
 
+from .._cache import cached_njit
 from .._math import _single
 from ..activations import activate_and_derive_rows, activate_rows, scale_by_derivative_rows
 from ..config import FASTMATH
@@ -117,7 +118,7 @@ def linear_forward_body(W, b, a_prev, act, z, a, derive):
 # threshold, and inlining them into both twins cost 5 s of compile time per model.
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@cached_njit(fastmath=FASTMATH)
 def linear_forward_small_in(WT, b, a_prev, act, z, a, derive):
     """Forward product for a narrow input: z_r = b + Σ_k a_rk (W^T)_k, vectorised along the
     n_l outputs; ``WT`` is W^l transposed, (n_{l-1}, n_l)."""
@@ -139,7 +140,7 @@ def linear_forward_small_in(WT, b, a_prev, act, z, a, derive):
             activate_rows(act, z, a, r0, r1)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@cached_njit(fastmath=FASTMATH)
 def weight_bias_grad_small_in(delta, a_prev, gW, gb, gT):
     """BP3 and BP4 for a narrow input: (∂C/∂W)^T_k = Σ_n a_nk δ_n accumulated in ``gT``
     ((n_{l-1}, n_l) scratch), vectorised along the n_l outputs, then transposed into gW."""
@@ -164,7 +165,7 @@ def weight_bias_grad_small_in(delta, a_prev, gW, gb, gT):
 
 
 # BP1 is O(N n_L) and serial: an ordinary function, compiled once per dtype.
-@njit(cache=True, fastmath=FASTMATH)
+@cached_njit(fastmath=FASTMATH)
 def output_delta_body(loss, act, z, a, y, labels, delta, sample_weight, z_is_derivative=False):
     """BP1 over the batch; returns C.
 
@@ -206,7 +207,7 @@ def output_delta_body(loss, act, z, a, y, labels, delta, sample_weight, z_is_der
     return total if weighted else total / N
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@cached_njit(fastmath=FASTMATH)
 def loss_body(loss, z, a, y, labels, sample_weight):
     """C alone, without δ^L: what ``evaluate`` needs after the forward pass (O(N n_L), no σ').
 

@@ -19,6 +19,7 @@ import types
 
 from numba import njit
 
+from .._cache import cached_njit
 from ..config import FASTMATH
 
 
@@ -45,14 +46,14 @@ def bound_to(dispatcher, suffix: str, **rebind):
     """
     # njit sets nopython itself; caching is not among the target options and is asked for here
     options = {k: v for k, v in dispatcher.targetoptions.items() if k != "nopython"}
-    return njit(cache=True, **options)(_renamed(dispatcher.py_func, suffix, **rebind))
+    return cached_njit(**options)(_renamed(dispatcher.py_func, suffix, **rebind))
 
 
 def twins(body, **options):
     """Return (serial, parallel) dispatchers compiled from ``body``'s Python function (with
     further ``njit`` options, such as ``error_model``, for both)."""
     py = getattr(body, "py_func", body)
-    serial = njit(cache=True, nogil=True, fastmath=FASTMATH, **options)(py)
+    serial = cached_njit(nogil=True, fastmath=FASTMATH, **options)(py)
     parallel = njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, **options)(_renamed(py, "_parallel"))
     return serial, parallel
 
@@ -67,8 +68,8 @@ def calling_twins(body, **parallel_globals):
     once per signature and cached, and shared with every other caller.
     """
     py = getattr(body, "py_func", body)
-    serial = njit(cache=True, nogil=True, fastmath=FASTMATH)(py)
-    parallel = njit(cache=True, nogil=True, fastmath=FASTMATH)(_renamed(py, "_parallel", **parallel_globals))
+    serial = cached_njit(nogil=True, fastmath=FASTMATH)(py)
+    parallel = cached_njit(nogil=True, fastmath=FASTMATH)(_renamed(py, "_parallel", **parallel_globals))
     return serial, parallel
 
 

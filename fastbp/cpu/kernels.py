@@ -12,8 +12,7 @@ not checked here: these are the trusting inner layer of the library).
 
 from __future__ import annotations
 
-from numba import njit
-
+from .._cache import cached_njit
 from ..config import FASTMATH, PARALLEL_MIN_WORK
 from . import _layers
 
@@ -26,7 +25,7 @@ __all__ = [
     "weight_grad",
 ]
 
-_dispatch = njit(cache=True, nogil=True, fastmath=FASTMATH)
+_dispatch = cached_njit(nogil=True, fastmath=FASTMATH)
 
 # The twins of each kernel, with its public signature, for callers that choose one: each calls
 # the twin of its body in fastbp.cpu._layers (every flag explicit), as the dispatchers below and

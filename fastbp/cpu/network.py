@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from numba import njit
 
+from .._cache import cached_njit
 from ..activations import SOFTMAX
 from ..config import FASTMATH, PARALLEL_MIN_WORK, SMALL_INPUT
 from ..layout import activation_offset, view2d, weight_offset
@@ -139,10 +140,10 @@ def parallel_pays(n_samples, n_params, forward_only=False, min_work=PARALLEL_MIN
     return n_samples * n_params >= min_work
 
 
-_parallel_pays = njit(cache=True, nogil=True)(parallel_pays)
+_parallel_pays = cached_njit(nogil=True)(parallel_pays)
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@cached_njit(nogil=True, fastmath=FASTMATH)
 def forward(params, sizes, acts, x, out, work):
     """Forward pass of the whole network: a^l = σ_l(W^l a^{l-1} + b^l), l = 1..L; out = a^L.
 
@@ -167,7 +168,7 @@ def forward(params, sizes, acts, x, out, work):
         _forward_serial(params, sizes, acts, x, out, work)
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@cached_njit(nogil=True, fastmath=FASTMATH)
 def loss_and_grad(params, sizes, acts, loss, x, y, grad, work, sample_weight=None):
     """Loss C and its gradient ∂C/∂θ for one minibatch, by backpropagation.
 

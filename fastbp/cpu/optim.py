@@ -28,14 +28,15 @@ with ``decoupled=False`` the weight decay is L2 (added to g, as
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
+from .._cache import cached_njit
 from ..config import FASTMATH, PARALLEL_MIN_PARAMS
 from ._twins import twins
 
 __all__ = ["adam_step", "clip_grad_norm", "grad_norm", "sgd_step"]
 
-_jit = njit(cache=True, nogil=True, fastmath=FASTMATH)
+_jit = cached_njit(nogil=True, fastmath=FASTMATH)
 
 
 @_jit
@@ -123,7 +124,7 @@ def _adam_body(params, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, decou
 _adam_serial, _adam_parallel = twins(_adam_body, error_model="numpy")
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@cached_njit(nogil=True, fastmath=FASTMATH)
 def adam_step(params, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled):
     """One Adam (or AdamW, ``decoupled=True``) step, in place; see the module docstring.
 

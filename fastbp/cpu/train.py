@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .._cache import cached_njit
 from ..activations import SIGMOID, SOFTMAX
 from ..config import FASTMATH, PARALLEL_MIN_PARAMS, PARALLEL_MIN_WORK
 from ..layout import activation_offset
@@ -20,7 +21,7 @@ N_STATS = 7
 HP_ALPHA, HP_EPS_HAT = 7, 8  # fastbp.optim.HP_ALPHA, HP_EPS_HAT
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@cached_njit(nogil=True, fastmath=FASTMATH)
 def add_weight_penalty(params, sizes, grad, scale):
     """The L2 penalty on the weights: ∂/∂W^l of (s/2) Σ_l ‖W^l‖², i.e. ``grad[W^l] += s W^l``,
     in place (the biases are not penalised); returns (s/2) Σ_l ‖W^l‖², accumulated in float64.
@@ -44,7 +45,7 @@ def add_weight_penalty(params, sizes, grad, scale):
     return 0.5 * scale * total
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@cached_njit(nogil=True, fastmath=FASTMATH)
 def _count_correct(act, out, y, labels):
     """(correct, counted) of a batch: argmax for softmax outputs, 0.5 threshold for sigmoid.
 
@@ -79,7 +80,7 @@ def _count_correct(act, out, y, labels):
     return correct, counted
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@cached_njit(nogil=True, fastmath=FASTMATH)
 def apply_step(params, sizes, grad, c, wsum, opt, hp, state, t, min_parallel_work=PARALLEL_MIN_WORK):
     """The update after one minibatch's loss ``c`` and gradient ``grad`` (in place): the weights'
     L2 penalty for a batch of weight total ``wsum`` (rows, or the sum of its sample weights; a
@@ -120,7 +121,7 @@ def _loss_and_grad_twin(parallel, params, sizes, acts, loss, x, y, labels, grad,
     return _loss_and_grad_serial(params, sizes, acts, loss, x, y, labels, grad, work, sample_weight)
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@cached_njit(nogil=True, fastmath=FASTMATH)
 def train_epoch(params, sizes, acts, loss, x, y, labels, perm, batch_size, opt, hp, state, t, grad, work, xb, yb, lb,
                 stats, sample_weight, swb, min_parallel_work=PARALLEL_MIN_WORK):
     """Run one epoch of minibatch training in place; returns the step count t after it.
