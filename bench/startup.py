@@ -125,7 +125,7 @@ def _fmt(values, unit="s") -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--processes", type=int, default=3)
-    ap.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
+    ap.add_argument("--dtypes", nargs="*", default=["float32", "float64"], help="none: the digits case only")
     ap.add_argument("--digits", action="store_true")
     ap.add_argument("--events", action="store_true")
     args = ap.parse_args()
@@ -135,9 +135,10 @@ def main() -> int:
     print(f"numba {numba.__version__}, {os.cpu_count()} CPUs, NUMBA_NUM_THREADS={numba.config.NUMBA_NUM_THREADS}, "
           f"{args.processes} fresh processes per cell, seconds")
     print()
-    print("| script | cache | import | first loss_and_grad | first predict | fit 2 epochs | whole process |")
-    print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
+        if args.dtypes:
+            print("| script | cache | import | first loss_and_grad | first predict | fit 2 epochs | whole process |")
+            print("|---|---|---|---|---|---|---|")
         for dtype in args.dtypes:
             cold, warm_dirs = [], []
             for i in range(args.processes):
@@ -156,14 +157,16 @@ def main() -> int:
             cache = os.path.join(tmp, "digits")
             cold = [_digits(os.path.join(tmp, f"digits-cold-{i}"), "fastbp") for i in range(args.processes)]
             _digits(cache, "fastbp")
-            warm = [_digits(cache, "fastbp") for _ in range(args.processes)]
-            sk = [_digits(cache, "sklearn") for _ in range(args.processes)]
+            warm, sk = [], []
+            for _ in range(args.processes):  # interleaved: the machine's speed drifts
+                warm.append(_digits(cache, "fastbp"))
+                sk.append(_digits(cache, "sklearn"))
             sk_med = float(np.median([t for t, _ in sk]))
             for name, runs in (("empty", cold), ("warm", warm)):
                 med = float(np.median([t for t, _ in runs]))
                 print(f"| accuracy {np.median([a for _, a in runs]):.3f} vs {np.median([a for _, a in sk]):.3f} "
                       f"| {name} | {_fmt([t for t, _ in runs])} | {_fmt([t for t, _ in sk])} | {med / sk_med:.2f} |")
-        if args.events:
+        if args.events and args.dtypes:
             cache = os.path.join(tmp, "events")
             for name in ("empty", "warm"):
                 r = _script(cache, args.dtypes[0], True)

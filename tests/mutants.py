@@ -62,7 +62,28 @@ MUTATIONS = {
         LAYERS, "                delta[r, i] = w * d * z[r, i]", "                delta[r, i] = w * d"),
     "tanh-polynomial-constant": (
         "fastbp/_math.py", "        p = p * x2 + T(2.06390887954e-2)", "        p = p * x2 + T(2.07390887954e-2)"),
+    # other kernels, tried later as a new user would (σ' of the other activations, BP1 of the
+    # other losses, the optimizer)
+    "elu-derivative-scaled": (
+        "fastbp/activations.py", "        return T(1.0) if z > 0 else np.exp(z)\n",
+        "        return T(1.0) if z > 0 else np.exp(z) * T(1.001)\n"),
+    "gelu-derivative-term-scaled": (
+        "fastbp/activations.py", "+ z * phi\n", "+ T(0.999) * z * phi\n"),
+    "leaky-relu-derivative-slope": (
+        "fastbp/activations.py", "        return T(1.0) if z > 0 else T(LEAKY_SLOPE)\n",
+        "        return T(1.0) if z > 0 else T(0.011)\n"),
+    "bce-delta-target-scaled": (
+        "fastbp/losses.py", "delta[r, i] = scale * (a[r, i] - yi)\n", "delta[r, i] = scale * (a[r, i] - yi * 1.001)\n"),
+    "mse-softmax-jvp-sign": (
+        "fastbp/losses.py", "((a[r, i] - yi) - ga)", "((a[r, i] - yi) + ga)"),
+    "adam-bias-correction-off-by-one": (
+        "fastbp/cpu/optim.py", "c2 = T(1.0 - beta2**t)", "c2 = T(1.0 - beta2 ** (t + 1))"),
 }
+
+#: The tests run against each mutant, unless ``--tests`` says otherwise: the kernels against the
+#: rounding bounds, the activations and the gradients against their references and finite
+#: differences, the optimizers and the training loop against the NumPy reference's.
+TESTS = ["tests/test_bounds.py", "tests/test_activations.py", "tests/test_gradients.py", "tests/test_training.py"]
 
 
 def _copy(dst: pathlib.Path) -> None:
@@ -87,7 +108,7 @@ def _run(tree: pathlib.Path, tests: list[str]) -> tuple[bool, float, str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tests", nargs="+", default=["tests/test_bounds.py"])
+    ap.add_argument("--tests", nargs="+", default=TESTS)
     ap.add_argument("--only", nargs="+", choices=sorted(MUTATIONS))
     ap.add_argument("--list", action="store_true")
     args = ap.parse_args()
