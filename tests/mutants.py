@@ -87,7 +87,7 @@ TESTS = ["tests/test_bounds.py", "tests/test_activations.py", "tests/test_gradie
 
 
 def _copy(dst: pathlib.Path) -> None:
-    for name in ("fastbp", "tests", "conftest.py", "pyproject.toml"):
+    for name in ("fastbp", "tests", "examples", "conftest.py", "pyproject.toml"):
         src = ROOT / name
         if src.is_dir():
             shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
