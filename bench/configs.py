@@ -12,9 +12,40 @@ CONFIGS = {
 }
 
 
+#: Networks near the named ones at the widths and batches users pick (odd widths, widths that
+#: are not multiples of 16, batches from 1 to 1024): ``python bench/run.py --sweep``.
+SWEEP = {
+    "w10-50-3 b16": ([10, 50, 3], 16, ["relu", "softmax"], "cross_entropy"),
+    "w5-7-1 b1": ([5, 7, 1], 1, ["tanh", "identity"], "mse"),
+    "w30-100-100-2 b64": ([30, 100, 100, 2], 64, ["tanh", "tanh", "softmax"], "cross_entropy"),
+    "w13-37-37-1 b1024": ([13, 37, 37, 1], 1024, ["sigmoid"] * 3, "mse"),
+    "w784-300-100-10 b100": ([784, 300, 100, 10], 100, ["relu", "relu", "softmax"], "cross_entropy"),
+    "w100-700-10 b400": ([100, 700, 10], 400, ["relu", "softmax"], "cross_entropy"),
+    "w900-900-900 b256": ([900, 900, 900], 256, ["tanh", "tanh"], "mse"),
+}
+
+
+def spec_of(name):
+    """(sizes, batch, activations, loss) of a named or sweep configuration, or of a spelled-out
+    one: ``"64-100-10:32:relu,softmax:cross_entropy"`` (widths:batch:activations:loss; one
+    activation name stands for every layer)."""
+    if name in CONFIGS:
+        return CONFIGS[name]
+    if name in SWEEP:
+        return SWEEP[name]
+    try:
+        widths, batch, acts, loss = name.split(":")
+        sizes = [int(w) for w in widths.split("-")]
+        acts = acts.split(",")
+        return sizes, int(batch), acts * (len(sizes) - 1) if len(acts) == 1 else acts, loss
+    except ValueError:
+        raise ValueError(f"configuration {name!r}: expected a name of {sorted(CONFIGS) + sorted(SWEEP)} "
+                         "or widths:batch:activations:loss, such as 64-100-10:32:relu,softmax:cross_entropy") from None
+
+
 def problem(name: str, dtype, seed: int = 0):
-    """(net kwargs, x, y) for a configuration."""
-    sizes, batch, acts, loss = CONFIGS[name]
+    """(net kwargs, x, y) for a configuration (any name :func:`spec_of` takes)."""
+    sizes, batch, acts, loss = spec_of(name)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch, sizes[0])).astype(dtype)
     y = rng.integers(0, sizes[-1], batch) if loss == "cross_entropy" else rng.standard_normal(
@@ -24,5 +55,5 @@ def problem(name: str, dtype, seed: int = 0):
 
 def step_flops(name: str) -> float:
     """Floating-point operations of one training step: 3 products of 2·N·Σ n_l n_{l-1} flops."""
-    sizes, batch, _, _ = CONFIGS[name]
+    sizes, batch, _, _ = spec_of(name)
     return 3 * 2.0 * batch * sum(sizes[i] * sizes[i + 1] for i in range(len(sizes) - 1))

@@ -1,13 +1,22 @@
-"""Benchmark runner: the training step of each named configuration, fastbp vs the NumPy reference
-(and PyTorch eager on the CPU, where PyTorch is installed).
+"""Benchmark runner: the training step, fastbp vs the NumPy reference (and PyTorch eager on the
+CPU, where PyTorch is installed), on the named configurations, a sweep of the sizes users pick,
+or any network.
 
-Each contender runs in its own process (Numba's and OpenBLAS's thread pools spin against each
-other in one), medians over repeats after a warm-up call, compile time measured separately in
-a fresh process. The machine's peak is measured in the same run as a large float32/float64
-matrix product through NumPy. Prints a Markdown table; ``--write`` also writes it to
-bench/RESULTS.md's generated section.
+Each contender runs in its own processes (Numba's and OpenBLAS's thread pools spin against each
+other in one), ``--processes`` of them, interleaved round by round so that the machine's drift
+hits every contender alike; a process reports the median over ``--repeats`` after a warm-up
+call.  A cell is the median over the processes with their min-max; a speed-up is the median of
+the per-round ratios with their min-max.  The first call (compilation, or the cache load when
+the cache is warm) is timed separately in a fresh process.  The machine's peak is measured in
+the same run as a large float32/float64 matrix product through NumPy.  Prints a Markdown table
+headed by the command, the commit, the machine and the date; ``--write`` appends it to
+bench/RESULTS.md.
 
-    python bench/run.py [--repeats 30] [--configs tiny small medium large] [--write] [--chart PNG]
+    python bench/run.py [--configs tiny small medium large] [--dtypes float32 float64]
+                        [--processes 3] [--repeats 30] [--contenders numpy fastbp njit torch]
+                        [--write] [--chart PNG]
+    python bench/run.py --sweep            # bench.configs.SWEEP: odd widths, batches 1-1024
+    python bench/run.py --configs 50-100-10:16:relu,softmax:cross_entropy   # any network
     python bench/run.py --chart-from TABLE.md --chart bench/speedup.png
 """
 
@@ -28,7 +37,7 @@ import numpy as np
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from bench.configs import CONFIGS, problem, step_flops  # noqa: E402
+from bench.configs import CONFIGS, SWEEP, problem, spec_of, step_flops  # noqa: E402
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
@@ -185,13 +194,38 @@ def chart(table: str, path) -> bool:
     return True
 
 
+def _commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=HERE).stdout.strip()
+        return out.stdout.strip() + (" (with uncommitted changes)" if dirty else "")
+    except FileNotFoundError:
+        return "unknown"
+
+
+def _cell(values) -> str:
+    v = [x * 1e6 for x in values]
+    return f"{np.median(v):.1f} ({min(v):.1f}-{max(v):.1f}) µs"
+
+
+def _ratio(num, den) -> str:
+    r = [a / b for a, b in zip(num, den, strict=True)]
+    return f"{np.median(r):.2f}x ({min(r):.2f}-{max(r):.2f})"
+
+
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--contender", nargs=4)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--contender", nargs=4, help=argparse.SUPPRESS)
     ap.add_argument("--repeats", type=int, default=30)
-    ap.add_argument("--configs", nargs="+", default=list(CONFIGS))
+    ap.add_argument("--processes", type=int, default=3, help="processes per contender and cell, interleaved")
+    ap.add_argument("--configs", nargs="+", default=None,
+                    help="named configurations, sweep names, or widths:batch:activations:loss")
+    ap.add_argument("--sweep", action="store_true", help="the configurations of bench.configs.SWEEP")
     ap.add_argument("--dtypes", nargs="+", default=list(DTYPES))
-    ap.add_argument("--write", action="store_true")
+    ap.add_argument("--contenders", nargs="+", default=["numpy", "fastbp", "njit", "torch"],
+                    choices=["numpy", "fastbp", "njit", "torch"])
+    ap.add_argument("--write", action="store_true", help="append the table to bench/RESULTS.md")
     ap.add_argument("--chart", metavar="PNG", help="also draw the float32 speed-ups (needs matplotlib)")
     ap.add_argument("--chart-from", metavar="TABLE", help="only draw the chart, from a table this runner printed")
     args = ap.parse_args()
@@ -201,37 +235,63 @@ def main() -> int:
         kind, config, dtype_name, repeats = args.contender
         print(json.dumps(contender(kind, config, dtype_name, int(repeats))))
         return 0
+    configs = args.configs or (list(SWEEP) if args.sweep else list(CONFIGS))
+    for c in configs:
+        spec_of(c)  # a bad name fails before anything runs
+    kinds = [k for k in ("numpy", "fastbp", "njit", "torch") if k in args.contenders]
+    command = "python bench/run.py " + " ".join(sys.argv[1:])
     lines = [
-        f"Command: `python bench/run.py --repeats {args.repeats}`; machine: {machine()}; "
+        f"Command: `{command.strip()}`; commit {_commit()}; machine: {machine()}; "
         f"date: {datetime.date.today().isoformat()}.",
         "",
-        "Training step = `loss_and_grad` + SGD update, medians; ratios are NumPy-reference time / fastbp time "
-        "(higher is better), each contender in its own process; peak = NumPy matmul 2048² in the same run.",
+        f"Training step = `loss_and_grad` + SGD update. Each contender in its own processes, {args.processes} "
+        "per cell, interleaved; a time is the median over the processes (min-max) of each one's median; a "
+        "speed-up is NumPy-reference time / fastbp time (higher is better), the median of the per-round ratios "
+        "(min-max); peak = NumPy matmul 2048² in the same run; first call = load (warm cache) or compile.",
         "",
         "| config | dtype | NumPy ref | fastbp `MLP.loss_and_grad(out=)` | speed-up | user `@njit` loop | speed-up "
-        "| PyTorch eager | fastbp vs PyTorch | fastbp % of peak | compile (first call) |",
+        "| PyTorch eager | fastbp vs PyTorch | fastbp % of peak | first call |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    print("\n".join(lines), flush=True)
     for dtype_name in args.dtypes:
         peak = _spawn("peak", "tiny", dtype_name, args.repeats)["flops"]
-        for config in args.configs:
-            reps = args.repeats if config != "large" else max(5, args.repeats // 6)
-            ref = _spawn("numpy", config, dtype_name, reps)["time"]
-            fb = _spawn("fastbp", config, dtype_name, reps)["time"]
-            nj = _spawn("njit", config, dtype_name, reps)["time"] if config != "large" else None
-            tt = _spawn("torch", config, dtype_name, reps)["time"]
-            comp = _spawn("compile", config, dtype_name, 1)["time"]
-            pct = 100 * step_flops(config) / fb / peak
-            njs = f"{nj * 1e6:.1f} µs | {ref / nj:.1f}x" if nj else "– | –"
-            tts = f"{tt * 1e6:.1f} µs | {tt / fb:.2f}x" if tt else "not installed | –"
-            lines.append(f"| {config} {CONFIGS[config][0]} b{CONFIGS[config][1]} | {dtype_name} | {ref * 1e6:.1f} µs "
-                         f"| {fb * 1e6:.1f} µs | {ref / fb:.2f}x | {njs} | {tts} | {pct:.0f}% | {comp:.1f} s |")
+        for config in configs:
+            sizes, batch = spec_of(config)[:2]
+            big = step_flops(config) > 5e9
+            reps = max(5, args.repeats // 6) if big else args.repeats
+            runs = {k: [] for k in kinds}
+            for _ in range(args.processes):
+                for k in kinds:
+                    if k == "njit" and big:
+                        continue
+                    runs[k].append(_spawn(k, config, dtype_name, reps)["time"])
+            first = _spawn("compile", config, dtype_name, 1)["time"]
+            ref, fb = runs.get("numpy", []), runs.get("fastbp", [])
+            nj, tt = runs.get("njit", []), [t for t in runs.get("torch", []) if t is not None]
+            pct = f"{100 * step_flops(config) / np.median(fb) / peak:.0f}%" if fb else "–"
+            cells = [
+                _cell(ref) if ref else "–",
+                _cell(fb) if fb else "–",
+                _ratio(ref, fb) if ref and fb else "–",
+                _cell(nj) if nj else "–",
+                _ratio(ref, nj) if ref and nj else "–",
+                _cell(tt) if tt else ("not installed" if "torch" in kinds else "–"),
+                _ratio(tt, fb) if tt and fb else "–",
+                pct,
+                f"{first:.2f} s",
+            ]
+            name = config if config in CONFIGS or config in SWEEP else f"{sizes} b{batch}"
+            if config in CONFIGS:
+                name = f"{config} {sizes} b{batch}"
+            lines.append(f"| {name} | {dtype_name} | " + " | ".join(cells) + " |")
             print(lines[-1], flush=True)
         lines.append(f"| peak ({dtype_name}) | | {peak / 1e9:.0f} GFLOP/s | | | | | | | | |")
+        print(lines[-1], flush=True)
     text = "\n".join(lines)
-    print(text)
     if args.write:
-        (HERE / "results_table.md").write_text(text + "\n")  # paste into RESULTS.md
+        with open(HERE / "RESULTS.md", "a") as f:
+            f.write(f"\n## `bench/run.py` ({datetime.date.today().isoformat()}, commit {_commit()})\n\n{text}\n")
     if args.chart:
         chart(text, args.chart)
     return 0
