@@ -1,7 +1,8 @@
 """The mutation check as a test, for machines with the time: ``FASTBP_MUTANTS=1 python -m pytest
 tests/test_mutants.py -n 0`` (about 20 minutes on 2 cores: each mutant recompiles the kernels
-it touches before four test files run against it).  Skipped otherwise, so that ``.ci/run`` stays within its budget; ``tests/mutants.py``
-is the same check as a script, with a table of results.
+it touches before four test files run against it).  Skipped otherwise, so that ``.ci/run``
+stays within its budget; ``tests/mutants.py`` is the same check as a script, with a table of
+results.
 """
 
 from __future__ import annotations
