@@ -69,6 +69,11 @@ def contender(kind: str, config: str, dtype_name: str, repeats: int) -> dict:
         t = _median_time(lambda: a @ a, max(3, repeats // 5))
         return {"flops": 2.0 * n**3 / t}
     kw, x, y = problem(config, dtype)
+    if kind in ("numpy", "torch"):
+        # the model on the reference backend: the cpu one would launch Numba's thread pool, whose
+        # threads then compete with OpenBLAS's (the reference's medium step measured 2.5 ms with
+        # it launched, 1.0-2.1 ms without)
+        kw = dict(kw, backend="numpy")
     net = fastbp.MLP(**kw)
     lr = dtype(1e-3)
     if kind == "compile":
