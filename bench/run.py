@@ -286,9 +286,7 @@ def main() -> int:
                 pct,
                 f"{first:.2f} s",
             ]
-            name = config if config in CONFIGS or config in SWEEP else f"{sizes} b{batch}"
-            if config in CONFIGS:
-                name = f"{config} {sizes} b{batch}"
+            name = config if config in SWEEP else f"{config + ' ' if config in CONFIGS else ''}{sizes} b{batch}"
             lines.append(f"| {name} | {dtype_name} | " + " | ".join(cells) + " |")
             print(lines[-1], flush=True)
         lines.append(f"| peak ({dtype_name}) | | {peak / 1e9:.0f} GFLOP/s | | | | | | | | |")

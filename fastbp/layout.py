@@ -67,8 +67,8 @@ def view2d(typingctx, buf, offset, rows, cols):
     ret = types.Array(buf.dtype, 2, "C")
 
     def codegen(context, builder, sig, args):
-        # imported when a kernel compiles, not with fastbp: numba.np.arrayobj brings some ten
-        # thousand objects that a process loading cached kernels never uses
+        # imported when a kernel compiles (or a cached one's environment names it), not with
+        # ``import fastbp``: numba.np.arrayobj brings some ten thousand objects
         from numba.np.arrayobj import make_array, populate_array
 
         src = make_array(sig.args[0])(context, builder, value=args[0])

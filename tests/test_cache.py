@@ -216,6 +216,8 @@ def test_every_compiled_function_is_cached():
     from numba.core.caching import NullCache
     from numba.core.registry import CPUDispatcher
 
+    from fastbp._cache import FastbpFunctionCache
+
     names = ["activations", "losses", "layout", "_math", "_validation", "cpu.kernels", "cpu.network", "cpu.optim",
              "cpu.train", "cpu._layers"]
     seen = 0
@@ -226,6 +228,8 @@ def test_every_compiled_function_is_cached():
                 if obj.targetoptions.get("inline", "never") != "never":
                     continue  # inlined into its callers, never called on its own
                 assert not isinstance(obj._cache, NullCache), f"fastbp.{name}.{attr} is not cached"
+                # and loaded without Numba's registry refresh (fastbp._cache.cached_njit)
+                assert isinstance(obj._cache, FastbpFunctionCache), f"fastbp.{name}.{attr}: {type(obj._cache)}"
                 seen += 1
     assert seen > 30
 
@@ -290,7 +294,7 @@ WARM_LOAD = textwrap.dedent(
     import numpy as np
     import fastbp
     from numba.core.registry import cpu_target
-    from fastbp.cpu import network, train
+    from fastbp.cpu import kernels, network
 
     net = fastbp.MLP([5, 7, 3], ["tanh", "softmax"], "cross_entropy", dtype=np.float32, seed=0)
     x = np.linspace(-1.0, 1.0, 9 * 5).reshape(9, 5).astype(np.float32)
@@ -298,13 +302,18 @@ WARM_LOAD = textwrap.dedent(
     p = net.predict(x)
     loss, g = net.loss_and_grad(x, y)
     net.fit(x, y, epochs=1, batch_size=4, verbose=False)
+    g4 = np.empty(3)
+    kernels.bias_grad_parallel(np.linspace(-2.0, 2.0, 4099 * 3).reshape(4099, 3), g4)  # a parallel twin
     registries = len(cpu_target.typing_context._registries)
-    misses = sum(sum(d.stats.cache_misses.values()) for d in (network._forward_serial, network._loss_and_grad_serial))
+    misses = sum(sum(d.stats.cache_misses.values())
+                 for d in (network._forward_serial, network._loss_and_grad_serial, kernels.bias_grad_parallel))
+    user = None
     if sys.argv[1] == "compile":  # a compilation after light loads: Numba refreshes the registries itself
         from numba import njit
-        registries = njit(lambda a: np.linalg.norm(a) + len({1: a}))(p)
-    print(json.dumps({"out": [p.tolist(), float(loss), g.tolist(), net.params.tolist()], "registries": registries,
-                      "misses": misses}))
+        user = float(njit(lambda a: np.linalg.norm(a) + len({1: a}))(p))
+        registries = len(cpu_target.typing_context._registries)
+    print(json.dumps({"out": [p.tolist(), float(loss), g.tolist(), net.params.tolist(), g4.tolist()],
+                      "registries": registries, "misses": misses, "user": user}))
     """
 )
 
@@ -328,7 +337,8 @@ def test_a_warm_process_loads_kernels_without_numba_registries():
     fill, load, compiled = runs
     assert load["misses"] == 0 and load["registries"] == 0  # loaded, and nothing refreshed
     assert load["out"] == fill["out"] == compiled["out"]
-    assert compiled["registries"] > 0  # the user's function compiled and ran
+    assert compiled["registries"] > 0  # the user's function compiled (registries loaded) and ran
+    assert compiled["user"] == pytest.approx(float(np.linalg.norm(np.array(fill["out"][0]))) + 1)
 
 
 def _undefined_symbols(elf: bytes) -> set[str]:

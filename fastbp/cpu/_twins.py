@@ -54,7 +54,7 @@ def twins(body, **options):
     further ``njit`` options, such as ``error_model``, for both)."""
     py = getattr(body, "py_func", body)
     serial = cached_njit(nogil=True, fastmath=FASTMATH, **options)(py)
-    parallel = njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, **options)(_renamed(py, "_parallel"))
+    parallel = cached_njit(parallel=True, nogil=True, fastmath=FASTMATH, **options)(_renamed(py, "_parallel"))
     return serial, parallel
 
 
