@@ -47,6 +47,27 @@ PARALLEL_MIN_WORK_THREAD = 1 << 24
 #: tiny configuration's n0 = 4.
 SMALL_INPUT = 8
 
+#: BP2 on a batch of at least this many rows, where a row of δ^{l-1} or of W^l is a whole number
+#: of 4 KiB pages (widths 1024, 2048, ... in float32, 512, 1024, ... in float64), runs from a
+#: transposed copy of W^l (in the gradient's slot of W^l, which BP3 overwrites next) with the
+#: forward product's loop: each δ^{l-1}_rk is summed in registers and stored once.  The blocked
+#: BP2 adds into rows of δ^{l-1} pass after pass, and at such widths every row of δ^{l-1} and of
+#: W^l starts at the same address modulo 4 KiB, so its time depends on where the buffers fall
+#: relative to each other: 6.9-16.4 ms at 512 x 1024 x 1024 in float32, for 64-byte shifts of
+#: one buffer, against 6.2-7.2 ms with the transposition (0.9 ms of it).  At other widths the
+#: transposition costs more than it saves (bench/RESULTS.md).
+BP2_TRANSPOSED_MIN_ROWS = 64
+
+#: BP3 in float32 on a batch of at least this many rows, where a row of a^{l-1} is a whole number
+#: of 4 KiB pages (widths 1024, 2048, ...), adds up each 4-row block of ∂C/∂W^l in a private tile
+#: that lies half a page from a^{l-1}'s rows, then copies it out.  At such widths every row of
+#: a^{l-1} and of ∂C/∂W^l starts at the same address modulo 4 KiB as the others, and when the
+#: gradient buffer sits a little past a^{l-1} the adds into ∂C/∂W^l delay the next loads of
+#: a^{l-1} (the processor takes them to depend on the stores): 7.2 ms with the tile against
+#: 14-21 ms without, at 512 x 1024 x 1024.  At other widths, and in float64, the tile measured
+#: no faster or slower (bench/RESULTS.md), so they add into the gradient's rows directly.
+BP3_TILE_MIN_ROWS = 64
+
 #: Length of the parameter vector from which the optimizer update runs in parallel.
 PARALLEL_MIN_PARAMS = 1 << 13
 

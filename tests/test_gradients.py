@@ -131,6 +131,32 @@ def test_odd_sizes_and_batch_one(sizes, dtype, rng):
         _within(net, x, y, C, g)
 
 
+# Widths whose rows are whole 4 KiB pages (1024 in float32, 512 in float64) take BP2 from a
+# transposed W^l and, in float32, BP3 through a private tile, from config.BP2_TRANSPOSED_MIN_ROWS
+# and config.BP3_TILE_MIN_ROWS rows on (64): batches on both sides of that.  The layers mix
+# both BP2s, so δ^l alternates between the z^l and a^l buffers, and the narrow first layer's
+# BP3 takes its scratch from whichever of them δ does not occupy.
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_whole_page_widths_on_both_sides_of_the_transposed_bp2(dtype, rng):
+    page = 4096 // np.dtype(dtype).itemsize
+    sizes = [3, page, 7, page, 2]
+    acts = ["tanh", "relu", "elu", "identity"]
+    assert fastbp.config.BP2_TRANSPOSED_MIN_ROWS == fastbp.config.BP3_TILE_MIN_ROWS == 64
+    net = _net(sizes, acts, "mse", dtype)
+    spec = net.spec
+    for n in (63, 64, 67):
+        x, y = random_problem(rng, sizes, n, dtype)
+        C, g = net.loss_and_grad(x, y)
+        _within(net, x, y, C, g)
+        # both whole-network twins, bitwise
+        yk, lab, sw = net._backend.kernel_targets(y)
+        work = np.empty(fastbp.workspace_size(sizes, n), dtype)
+        for twin in (NET._loss_and_grad_serial, NET._loss_and_grad_parallel):
+            g2 = np.empty_like(g)
+            assert twin(net.params, spec.sizes, spec.activations, spec.loss, x, yk, lab, g2, work, sw) == C
+            np.testing.assert_array_equal(g2, g)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("loss,out_act,labels", HEADS)
 def test_stable_for_huge_weighted_inputs(loss, out_act, labels, dtype, rng):

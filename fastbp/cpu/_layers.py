@@ -22,95 +22,140 @@ docstring allows it.  Validation happens once, at the public boundary.
 from __future__ import annotations
 
 import numpy as np
-from numba import prange, types
+from numba import njit, prange, types
 from numba.extending import overload
 
 from .._cache import cached_njit
 from .._math import _single
 from ..activations import activate_and_derive_rows, activate_rows, scale_by_derivative_rows
-from ..config import FASTMATH
+from ..config import BP3_TILE_MIN_ROWS, FASTMATH
 from ..losses import BINARY_CROSS_ENTROPY, CROSS_ENTROPY, output_delta_at
 from ._twins import twins
 
 
+@njit(inline="always")
+def _store(out, r, j, v, b, s, scaled):
+    # the product's epilogue: + b_j (forward), or ⊙ s_rj (BP2, where s may be ``out`` itself)
+    if scaled:
+        out[r, j] = v * s[r, j]
+    else:
+        out[r, j] = v + b[j]
+
+
+@njit(inline="always")
+def _rows_times_transpose(A, B, b, s, out, r0, scaled):
+    """Rows r0 .. r0+3 (fewer at the end) of out = A B^T + b, or of out = (A B^T) ⊙ s.
+
+    A is (N, m), B is (n, m): both are read along their contiguous m index, 4 rows of each at a
+    time (16 dot products), and every element of ``out`` is stored once, from registers.
+    """
+    N = A.shape[0]
+    n, m = B.shape
+    zero = out.dtype.type(0.0)
+    if r0 + 4 <= N:
+        j = 0
+        while j + 4 <= n:
+            s00 = s01 = s02 = s03 = zero
+            s10 = s11 = s12 = s13 = zero
+            s20 = s21 = s22 = s23 = zero
+            s30 = s31 = s32 = s33 = zero
+            for k in range(m):
+                x0 = A[r0, k]
+                x1 = A[r0 + 1, k]
+                x2 = A[r0 + 2, k]
+                x3 = A[r0 + 3, k]
+                w0 = B[j, k]
+                w1 = B[j + 1, k]
+                w2 = B[j + 2, k]
+                w3 = B[j + 3, k]
+                s00 += x0 * w0
+                s01 += x0 * w1
+                s02 += x0 * w2
+                s03 += x0 * w3
+                s10 += x1 * w0
+                s11 += x1 * w1
+                s12 += x1 * w2
+                s13 += x1 * w3
+                s20 += x2 * w0
+                s21 += x2 * w1
+                s22 += x2 * w2
+                s23 += x2 * w3
+                s30 += x3 * w0
+                s31 += x3 * w1
+                s32 += x3 * w2
+                s33 += x3 * w3
+            _store(out, r0, j, s00, b, s, scaled)
+            _store(out, r0, j + 1, s01, b, s, scaled)
+            _store(out, r0, j + 2, s02, b, s, scaled)
+            _store(out, r0, j + 3, s03, b, s, scaled)
+            _store(out, r0 + 1, j, s10, b, s, scaled)
+            _store(out, r0 + 1, j + 1, s11, b, s, scaled)
+            _store(out, r0 + 1, j + 2, s12, b, s, scaled)
+            _store(out, r0 + 1, j + 3, s13, b, s, scaled)
+            _store(out, r0 + 2, j, s20, b, s, scaled)
+            _store(out, r0 + 2, j + 1, s21, b, s, scaled)
+            _store(out, r0 + 2, j + 2, s22, b, s, scaled)
+            _store(out, r0 + 2, j + 3, s23, b, s, scaled)
+            _store(out, r0 + 3, j, s30, b, s, scaled)
+            _store(out, r0 + 3, j + 1, s31, b, s, scaled)
+            _store(out, r0 + 3, j + 2, s32, b, s, scaled)
+            _store(out, r0 + 3, j + 3, s33, b, s, scaled)
+            j += 4
+        for jj in range(j, n):
+            s0 = s1 = s2 = s3 = zero
+            for k in range(m):
+                w = B[jj, k]
+                s0 += A[r0, k] * w
+                s1 += A[r0 + 1, k] * w
+                s2 += A[r0 + 2, k] * w
+                s3 += A[r0 + 3, k] * w
+            _store(out, r0, jj, s0, b, s, scaled)
+            _store(out, r0 + 1, jj, s1, b, s, scaled)
+            _store(out, r0 + 2, jj, s2, b, s, scaled)
+            _store(out, r0 + 3, jj, s3, b, s, scaled)
+    else:
+        for r in range(r0, N):
+            for jj in range(n):
+                acc = zero
+                for k in range(m):
+                    acc += A[r, k] * B[jj, k]
+                _store(out, r, jj, acc, b, s, scaled)
+
+
 def linear_forward_body(W, b, a_prev, act, z, a, derive):
     N = a_prev.shape[0]
-    n_out, n_in = W.shape
-    zero = z.dtype.type(0.0)
     for rb in prange((N + 3) // 4):
         r0 = rb * 4
-        if r0 + 4 <= N:
-            j = 0
-            while j + 4 <= n_out:
-                s00 = s01 = s02 = s03 = zero
-                s10 = s11 = s12 = s13 = zero
-                s20 = s21 = s22 = s23 = zero
-                s30 = s31 = s32 = s33 = zero
-                for k in range(n_in):
-                    x0 = a_prev[r0, k]
-                    x1 = a_prev[r0 + 1, k]
-                    x2 = a_prev[r0 + 2, k]
-                    x3 = a_prev[r0 + 3, k]
-                    w0 = W[j, k]
-                    w1 = W[j + 1, k]
-                    w2 = W[j + 2, k]
-                    w3 = W[j + 3, k]
-                    s00 += x0 * w0
-                    s01 += x0 * w1
-                    s02 += x0 * w2
-                    s03 += x0 * w3
-                    s10 += x1 * w0
-                    s11 += x1 * w1
-                    s12 += x1 * w2
-                    s13 += x1 * w3
-                    s20 += x2 * w0
-                    s21 += x2 * w1
-                    s22 += x2 * w2
-                    s23 += x2 * w3
-                    s30 += x3 * w0
-                    s31 += x3 * w1
-                    s32 += x3 * w2
-                    s33 += x3 * w3
-                z[r0, j] = s00 + b[j]
-                z[r0, j + 1] = s01 + b[j + 1]
-                z[r0, j + 2] = s02 + b[j + 2]
-                z[r0, j + 3] = s03 + b[j + 3]
-                z[r0 + 1, j] = s10 + b[j]
-                z[r0 + 1, j + 1] = s11 + b[j + 1]
-                z[r0 + 1, j + 2] = s12 + b[j + 2]
-                z[r0 + 1, j + 3] = s13 + b[j + 3]
-                z[r0 + 2, j] = s20 + b[j]
-                z[r0 + 2, j + 1] = s21 + b[j + 1]
-                z[r0 + 2, j + 2] = s22 + b[j + 2]
-                z[r0 + 2, j + 3] = s23 + b[j + 3]
-                z[r0 + 3, j] = s30 + b[j]
-                z[r0 + 3, j + 1] = s31 + b[j + 1]
-                z[r0 + 3, j + 2] = s32 + b[j + 2]
-                z[r0 + 3, j + 3] = s33 + b[j + 3]
-                j += 4
-            for jj in range(j, n_out):
-                s0 = s1 = s2 = s3 = zero
-                for k in range(n_in):
-                    w = W[jj, k]
-                    s0 += a_prev[r0, k] * w
-                    s1 += a_prev[r0 + 1, k] * w
-                    s2 += a_prev[r0 + 2, k] * w
-                    s3 += a_prev[r0 + 3, k] * w
-                z[r0, jj] = s0 + b[jj]
-                z[r0 + 1, jj] = s1 + b[jj]
-                z[r0 + 2, jj] = s2 + b[jj]
-                z[r0 + 3, jj] = s3 + b[jj]
-        else:
-            for r in range(r0, N):
-                for jj in range(n_out):
-                    s = zero
-                    for k in range(n_in):
-                        s += a_prev[r, k] * W[jj, k]
-                    z[r, jj] = s + b[jj]
+        _rows_times_transpose(a_prev, W, b, z, z, r0, False)
         if derive:
             activate_and_derive_rows(act, z, a, r0, min(r0 + 4, N))
         else:
             activate_rows(act, z, a, r0, min(r0 + 4, N))
+
+
+def backprop_delta_transposed_body(WT, delta_next, s, delta):
+    """BP2 from W^T: δ_rk = (Σ_j δ_next,rj (W^T)_kj) s_rk, with s = σ'(z) (``s`` may be ``delta``).
+
+    The forward product's loop (both operands read along j, each δ stored once from registers),
+    for layers wide enough that the blocked BP2 below, which adds into rows of δ pass after pass,
+    slows down when those rows and the rows of W fall on the same cache sets.
+    """
+    N = delta_next.shape[0]
+    for rb in prange((N + 3) // 4):
+        _rows_times_transpose(delta_next, WT, s[0], s, delta, rb * 4, True)
+
+
+def transpose_body(W, WT):
+    """WT = W^T, in 16 x 16 tiles (each tile's rows read and written in cache lines)."""
+    n, m = W.shape
+    for jb in prange((n + 15) // 16):
+        j0 = jb * 16
+        j1 = min(j0 + 16, n)
+        for k0 in range(0, m, 16):
+            k1 = min(k0 + 16, m)
+            for k in range(k0, k1):
+                for j in range(j0, j1):
+                    WT[k, j] = W[j, k]
 
 
 # The two narrow-input kernels are serial functions of their own (compiled once per signature
@@ -381,17 +426,35 @@ def backprop_delta_body(W, delta_next, z, act, delta, z_is_derivative):
             scale_by_derivative_rows(act, z, delta, delta, r0, r1)
 
 
+@njit(inline="always")
+def _accumulator_rows(a_prev, gW, j0, tiled):
+    """Where BP3 adds up 4 rows of ∂C/∂W (j0 .. j0+3) over the batch: those rows of gW, or, with
+    ``tiled``, a private 4-row tile whose rows start half a page (2 KiB) from a^{l-1}'s first row
+    modulo 4 KiB and lie whole pages apart (``config.BP3_TILE_MIN_ROWS`` says when and why)."""
+    if not tiled:
+        return gW[j0 : j0 + 4]
+    n_in = a_prev.shape[1]
+    size = a_prev.itemsize
+    page = 4096 // size
+    stride = (n_in + page - 1) // page * page
+    buf = np.empty(4 * stride + 2 * page, a_prev.dtype)
+    gap = (a_prev.ctypes.data + 2048 - buf.ctypes.data) % 4096 // size
+    return buf[gap : gap + 4 * stride].reshape((4, stride))
+
+
 def weight_bias_grad_body(delta, a_prev, gW, gb, with_bias):
     N, n_out = delta.shape
     n_in = a_prev.shape[1]
     zero = delta.dtype.type(0.0)
+    tiled = _single(zero) and N >= BP3_TILE_MIN_ROWS and n_in * a_prev.itemsize % 4096 == 0
     for jb in prange((n_out + 3) // 4):
         j0 = jb * 4
         j1 = min(j0 + 4, n_out)
-        for j in range(j0, j1):
-            for k in range(n_in):
-                gW[j, k] = zero
         if j1 - j0 == 4:
+            G = _accumulator_rows(a_prev, gW, j0, tiled)
+            for j in range(4):
+                for k in range(n_in):
+                    G[j, k] = zero
             b0 = b1 = b2 = b3 = zero
             r = 0
             if _single(zero):  # float64 runs faster with the 4-sample loop alone
@@ -424,13 +487,13 @@ def weight_bias_grad_body(delta, a_prev, gW, gb, with_bias):
                         x5 = a_prev[r + 5, k]
                         x6 = a_prev[r + 6, k]
                         x7 = a_prev[r + 7, k]
-                        gW[j0, k] += ((c00 * x0 + c01 * x1) + (c02 * x2 + c03 * x3)) + (
+                        G[0, k] += ((c00 * x0 + c01 * x1) + (c02 * x2 + c03 * x3)) + (
                             (c04 * x4 + c05 * x5) + (c06 * x6 + c07 * x7))
-                        gW[j0 + 1, k] += ((c10 * x0 + c11 * x1) + (c12 * x2 + c13 * x3)) + (
+                        G[1, k] += ((c10 * x0 + c11 * x1) + (c12 * x2 + c13 * x3)) + (
                             (c14 * x4 + c15 * x5) + (c16 * x6 + c17 * x7))
-                        gW[j0 + 2, k] += ((c20 * x0 + c21 * x1) + (c22 * x2 + c23 * x3)) + (
+                        G[2, k] += ((c20 * x0 + c21 * x1) + (c22 * x2 + c23 * x3)) + (
                             (c24 * x4 + c25 * x5) + (c26 * x6 + c27 * x7))
-                        gW[j0 + 3, k] += ((c30 * x0 + c31 * x1) + (c32 * x2 + c33 * x3)) + (
+                        G[3, k] += ((c30 * x0 + c31 * x1) + (c32 * x2 + c33 * x3)) + (
                             (c34 * x4 + c35 * x5) + (c36 * x6 + c37 * x7))
                     r += 8
             while r + 4 <= N:
@@ -447,10 +510,10 @@ def weight_bias_grad_body(delta, a_prev, gW, gb, with_bias):
                     x1 = a_prev[r + 1, k]
                     x2 = a_prev[r + 2, k]
                     x3 = a_prev[r + 3, k]
-                    gW[j0, k] += c00 * x0 + c01 * x1 + c02 * x2 + c03 * x3
-                    gW[j0 + 1, k] += c10 * x0 + c11 * x1 + c12 * x2 + c13 * x3
-                    gW[j0 + 2, k] += c20 * x0 + c21 * x1 + c22 * x2 + c23 * x3
-                    gW[j0 + 3, k] += c30 * x0 + c31 * x1 + c32 * x2 + c33 * x3
+                    G[0, k] += c00 * x0 + c01 * x1 + c02 * x2 + c03 * x3
+                    G[1, k] += c10 * x0 + c11 * x1 + c12 * x2 + c13 * x3
+                    G[2, k] += c20 * x0 + c21 * x1 + c22 * x2 + c23 * x3
+                    G[3, k] += c30 * x0 + c31 * x1 + c32 * x2 + c33 * x3
                 r += 4
             for rr in range(r, N):
                 c0, c1, c2, c3 = delta[rr, j0], delta[rr, j0 + 1], delta[rr, j0 + 2], delta[rr, j0 + 3]
@@ -460,16 +523,23 @@ def weight_bias_grad_body(delta, a_prev, gW, gb, with_bias):
                 b3 += c3
                 for k in range(n_in):
                     x = a_prev[rr, k]
-                    gW[j0, k] += c0 * x
-                    gW[j0 + 1, k] += c1 * x
-                    gW[j0 + 2, k] += c2 * x
-                    gW[j0 + 3, k] += c3 * x
+                    G[0, k] += c0 * x
+                    G[1, k] += c1 * x
+                    G[2, k] += c2 * x
+                    G[3, k] += c3 * x
+            if tiled:
+                for j in range(4):
+                    for k in range(n_in):
+                        gW[j0 + j, k] = G[j, k]
             if with_bias:
                 gb[j0] = b0
                 gb[j0 + 1] = b1
                 gb[j0 + 2] = b2
                 gb[j0 + 3] = b3
         else:
+            for j in range(j0, j1):
+                for k in range(n_in):
+                    gW[j, k] = zero
             for j in range(j0, j1):
                 sb = zero
                 for r in range(N):
@@ -499,3 +569,5 @@ linear_forward_serial, linear_forward_parallel = twins(linear_forward_body)
 backprop_delta_serial, backprop_delta_parallel = twins(backprop_delta_body)
 weight_bias_grad_serial, weight_bias_grad_parallel = twins(weight_bias_grad_body)
 bias_grad_serial, bias_grad_parallel = twins(bias_grad_body)
+backprop_delta_transposed_serial, backprop_delta_transposed_parallel = twins(backprop_delta_transposed_body)
+transpose_serial, transpose_parallel = twins(transpose_body)

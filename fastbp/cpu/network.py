@@ -7,8 +7,10 @@ user's own ``@njit`` training loop can call them.  They allocate nothing.
 Layout: θ as in :mod:`fastbp.layout`; the workspace holds [z^1, a^1, z^2,
 a^2, ...], each (N, n_l) row-major, ``fastbp.layout.workspace_size(sizes, N)``
 elements in all.  In ``loss_and_grad`` the forward pass stores σ'(z^l) instead
-of z^l for hidden layers; the backward pass keeps δ^L in the z^L buffer and δ^l
-(l < L) in the a^l buffer, which is free once ∂C/∂W^{l+1} has been formed.
+of z^l for hidden layers; the backward pass keeps δ^L in the z^L buffer, and δ^l
+(l < L) in the a^l buffer, which is free once ∂C/∂W^{l+1} has been formed, or,
+where BP2 runs from a transposed W^{l+1} (``config.BP2_TRANSPOSED_MIN_ROWS``), in
+the z^l buffer, in place of the σ'(z^l) it is scaled by.  a^L is left as it is.
 """
 
 from __future__ import annotations
@@ -17,7 +19,12 @@ from numba import njit
 
 from .._cache import cached_njit
 from ..activations import SOFTMAX
-from ..config import FASTMATH, PARALLEL_MIN_WORK, SMALL_INPUT
+from ..config import (
+    BP2_TRANSPOSED_MIN_ROWS,
+    FASTMATH,
+    PARALLEL_MIN_WORK,
+    SMALL_INPUT,
+)
 from ..layout import activation_offset, view2d, weight_offset
 from ..losses import MSE
 from . import _layers
@@ -30,6 +37,14 @@ __all__ = ["forward", "loss_and_grad"]
 _linear_forward = _layers.linear_forward_serial
 _weight_bias_grad = _layers.weight_bias_grad_serial
 _backprop_delta = _layers.backprop_delta_serial
+_backprop_delta_transposed = _layers.backprop_delta_transposed_serial
+_transpose = _layers.transpose_serial
+
+
+@njit(inline="always")
+def _page_rows(width, like):
+    # whether a row of ``width`` elements of like's dtype is a whole number of 4 KiB pages
+    return width * like.itemsize % 4096 == 0
 
 
 @njit(inline="always")
@@ -87,6 +102,9 @@ def _loss_and_grad_impl(params, sizes, acts, loss, x, y, labels, grad, work, sam
     AL = view2d(work, zo + N * nL, N, nL)
     total = _layers.output_delta_body(loss, acts[L - 1], ZL, AL, y, labels, ZL, sample_weight, derive_out)
 
+    # δ^l is kept in z^l's buffer (BP1's δ^L; BP2 from W^T, which scales in place of σ'(z^{l-1}))
+    # or in a^l's (the blocked BP2, which runs after BP3 has read a^{l-1}).
+    d_in_z = True
     for l in range(L - 1, -1, -1):
         n_in = sizes[l]
         n_out = sizes[l + 1]
@@ -95,24 +113,30 @@ def _loss_and_grad_impl(params, sizes, acts, loss, x, y, labels, grad, work, sam
         gW = view2d(grad, wo, n_out, n_in)
         gb = grad[bo : bo + n_out]
         zo = activation_offset(sizes, l, N)
-        if l == L - 1:
-            D = view2d(work, zo, N, n_out)
-        else:
-            D = view2d(work, zo + N * n_out, N, n_out)
-        # BP3 + BP4.  A hidden layer's z^l buffer (σ'(z^l), used up by the BP2 that formed δ^l)
-        # is free: a narrow input accumulates the transposed ∂C/∂W^l there.
-        small = l < L - 1 and n_in <= SMALL_INPUT and n_in <= N and N * n_in * n_out < PARALLEL_MIN_WORK
+        D = view2d(work, zo if d_in_z else zo + N * n_out, N, n_out)
         po = zo - N * n_in  # a^{l-1} (l > 0)
         P = x if l == 0 else view2d(work, po, N, n_in)
+        W = view2d(params, wo, n_out, n_in)
+        # BP2 from W^T (in the slot of ∂C/∂W^l, which BP3 overwrites next) where rows of whole pages
+        # would slow the blocked BP2 down (config.BP2_TRANSPOSED_MIN_ROWS).
+        transposed = l > 0 and N >= BP2_TRANSPOSED_MIN_ROWS and _page_rows(n_in, params)
+        if transposed:
+            WT = view2d(grad, wo, n_in, n_out)
+            _transpose(W, WT)
+            S = view2d(work, po - N * n_in, N, n_in)  # σ'(z^{l-1}), overwritten by δ^{l-1}
+            _backprop_delta_transposed(WT, D, S, S)
+        # BP3 + BP4.  A narrow input accumulates the transposed ∂C/∂W^l in whichever of the
+        # layer's two buffers does not hold δ^l (σ'(z^l) or a^l, both used up by now).
+        small = l < L - 1 and n_in <= SMALL_INPUT and n_in <= N and N * n_in * n_out < PARALLEL_MIN_WORK
         if small:
-            _layers.weight_bias_grad_small_in(D, P, gW, gb, view2d(work, zo, n_in, n_out))
+            _layers.weight_bias_grad_small_in(D, P, gW, gb, view2d(work, zo + N * n_out if d_in_z else zo, n_in, n_out))
         else:
             _weight_bias_grad(D, P, gW, gb, True)
-        if l > 0:
+        if l > 0 and not transposed:
             # BP2: δ^{l-1} into the a^{l-1} buffer.
-            W = view2d(params, wo, n_out, n_in)
             Zp = view2d(work, po - N * n_in, N, n_in)
             _backprop_delta(W, D, Zp, acts[l - 1], P, True)
+        d_in_z = transposed
     return total
 
 
@@ -120,7 +144,8 @@ _forward_body_parallel = inlined_copy(_forward_body, "_parallel", _linear_forwar
 _forward_serial, _forward_parallel = calling_twins(_forward_impl, _forward_body=_forward_body_parallel)
 _loss_and_grad_serial, _loss_and_grad_parallel = calling_twins(
     _loss_and_grad_impl, _forward_body=_forward_body_parallel,
-    _weight_bias_grad=_layers.weight_bias_grad_parallel, _backprop_delta=_layers.backprop_delta_parallel)
+    _weight_bias_grad=_layers.weight_bias_grad_parallel, _backprop_delta=_layers.backprop_delta_parallel,
+    _backprop_delta_transposed=_layers.backprop_delta_transposed_parallel, _transpose=_layers.transpose_parallel)
 
 
 def parallel_pays(n_samples, n_params, forward_only=False, min_work=PARALLEL_MIN_WORK):
