@@ -153,3 +153,117 @@ def test_a_cold_process_runs_serial_and_a_cached_parallel_twin_is_loaded(tmp_pat
     warm = _child(cache, 10.0)  # finds it in the cache: loads it and runs it, no serial twin needed
     assert warm["parallel"] == 1 and warm["hits"] == 1 and warm["serial"] == 0
     assert cold["out"] == eager["out"] == warm["out"]  # the twins agree bitwise
+
+
+# -- the race between every thread and one (fastbp._tiers.Race), on a fake clock ------------------
+
+
+def _run_race(race, clock, cost, calls, key=("k", np.float32, 64)):
+    """``calls`` calls; each advances the clock by ``cost(all_threads, call)``; returns the choices."""
+    choices = []
+    for i in range(calls):
+        every = race.all_threads(*key)
+        choices.append(every)
+        clock[0] += cost(every, i)
+    return choices
+
+
+def _runs(choices, value):
+    """Lengths of the runs of ``value`` in ``choices``."""
+    runs, n = [], 0
+    for c in choices + [not value]:
+        if c == value:
+            n += 1
+        elif n:
+            runs.append(n)
+            n = 0
+    return runs
+
+
+def test_the_race_moves_to_one_thread_where_it_comes_round_faster_and_back_when_that_changes():
+    clock = [0.0]
+    race = _tiers.Race(clock=lambda: clock[0])
+    slow_two = lambda every, i: 2.0e-3 if every else 1.4e-3  # noqa: E731 - a cross-core-bound step
+    first = _tiers.config.TWIN_PROBE_GAP[0]
+    probe = _tiers.config.TWIN_PROBE_CALLS
+    got = _run_race(race, clock, slow_two, 400)
+    assert all(got[:first])  # every thread until the first probe
+    assert got[first : first + probe] == [False] * probe  # the probe runs on one thread
+    rest = got[first + probe :]
+    assert rest[:first] == [False] * first  # and it took over
+    assert _runs(rest, True) and all(r == probe for r in _runs(rest, True))  # two threads: probes only
+    # The machine changes: two threads are now faster; the next probe moves back.
+    fast_two = lambda every, i: 0.9e-3 if every else 1.4e-3  # noqa: E731
+    got = _run_race(race, clock, fast_two, 600)
+    back = got.index(True)  # the next probe, at most a (grown) gap away
+    assert back <= 2 * 400 // probe and got[back : back + probe + first] == [True] * (probe + first)
+    assert all(r == probe for r in _runs(got[back:], False))  # one thread: probes only
+
+
+def test_a_confirmed_choice_probes_ever_more_rarely_and_a_move_is_not_counted_against_it():
+    clock = [0.0]
+    race = _tiers.Race(clock=lambda: clock[0])
+    state = {"last": True}
+
+    def cost(every, i):  # two threads faster, but the first call after each change pays 10 ms
+        c = 0.9e-3 if every else 1.4e-3
+        if every != state["last"]:
+            c += 10e-3
+        state["last"] = every
+        return c
+
+    got = _run_race(race, clock, cost, 6000)
+    probes = [i for i in range(1, len(got)) if not got[i] and got[i - 1]]
+    gaps = np.diff(probes)
+    assert len(probes) >= 5 and all(gaps[1:] >= gaps[:-1])  # the gap doubles
+    assert gaps[-1] >= _tiers.config.TWIN_PROBE_GAP[1]  # up to its largest value
+    assert sum(not g for g in got) == len(probes) * _tiers.config.TWIN_PROBE_CALLS  # never switched
+
+
+def test_the_race_ignores_long_pauses_keeps_keys_and_threads_apart_and_can_be_turned_off(monkeypatch):
+    clock = [0.0]
+    race = _tiers.Race(clock=lambda: clock[0])
+    # one-thread calls look faster only because of the 2 s pauses that follow two-thread ones
+    pause = lambda every, i: 1e-3 + (2.0 if every and i % 3 == 0 else 0.0)  # noqa: E731
+    got = _run_race(race, clock, pause, 100)
+    assert len(_runs(got, False)) == 2  # probes at 16 and 52 (the gap doubled) ...
+    assert all(r == _tiers.config.TWIN_PROBE_CALLS for r in _runs(got, False))  # ... and no move
+    # another batch length starts its own record, as does another thread
+    other = _run_race(race, clock, lambda every, i: 2e-3 if every else 1e-3, 30, key=("k", np.float32, 65))
+    assert other[:16] == [True] * 16 and not any(other[16:])  # its own first probe, and the move
+    import threading
+
+    seen = []
+    t = threading.Thread(target=lambda: seen.append(race.all_threads("k", np.float32, 65)))
+    t.start()
+    t.join()
+    assert seen == [True]
+    monkeypatch.setattr(_tiers.config, "TWIN_RACE", False)
+    assert all(_run_race(race, clock, lambda every, i: 2e-3 if every else 1e-3, 40, key=("k", np.float32, 65)))
+
+
+def test_one_thread_runs_are_bitwise_those_of_every_thread_and_restore_the_thread_count(monkeypatch):
+    import numba
+
+    from fastbp.backends import cpu as cpu_backend
+
+    monkeypatch.setattr(fastbp.config, "PARALLEL_COMPILE_AFTER", 0.0)
+    net = fastbp.MLP([13, 65, 7], ["tanh", "softmax"], "cross_entropy", dtype=np.float64, seed=0)
+    x = np.linspace(-1.0, 1.0, 300 * 13).reshape(300, 13)
+    y = np.arange(300) % 7
+    every = (net.loss_and_grad(x, y)[1].copy(), net.predict(x))
+    calls = []
+    real = cpu_backend._on_one_thread
+
+    def spy(kernel, args):
+        calls.append(kernel)
+        assert numba.get_num_threads() == threads
+        return real(kernel, args)
+
+    threads = numba.get_num_threads()
+    monkeypatch.setattr(cpu_backend, "_on_one_thread", spy)
+    monkeypatch.setattr(cpu_backend.RACE, "all_threads", lambda *a: False)
+    one = (net.loss_and_grad(x, y)[1], net.predict(x))
+    assert len(calls) == 2 and numba.get_num_threads() == threads
+    np.testing.assert_array_equal(one[0], every[0])
+    np.testing.assert_array_equal(one[1], every[1])
