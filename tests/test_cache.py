@@ -149,7 +149,7 @@ def test_serial_and_parallel_twins_have_separate_cache_entries():
     # The whole-network twins call the per-layer ones (the parallel twin the parallel ones).
     rebound = {"_linear_forward": "linear_forward", "_weight_bias_grad": "weight_bias_grad",
                "_backprop_delta": "backprop_delta", "_backprop_delta_transposed": "backprop_delta_transposed",
-               "_transpose": "transpose"}
+               "_transpose": "transpose", "_weight_bias_grad_tiled": "weight_bias_grad_tiled"}
     for serial, parallel in ((network._forward_serial, network._forward_parallel),
                              (network._loss_and_grad_serial, network._loss_and_grad_parallel)):
         assert serial.py_func.__qualname__ + "_parallel" == parallel.py_func.__qualname__

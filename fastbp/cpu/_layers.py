@@ -28,7 +28,7 @@ from numba.extending import overload
 from .._cache import cached_njit
 from .._math import _single
 from ..activations import activate_and_derive_rows, activate_rows, scale_by_derivative_rows
-from ..config import BP3_TILE_MIN_ROWS, FASTMATH
+from ..config import FASTMATH
 from ..losses import BINARY_CROSS_ENTROPY, CROSS_ENTROPY, output_delta_at
 from ._twins import twins
 
@@ -355,101 +355,110 @@ def _backprop_rows_in_order(W, delta_next, delta, r0, r1):
                 delta[r, k] += c * W[jj, k]
 
 
+@njit(inline="always")
+def _scale_rows(act, z, delta, r0, r1, z_is_derivative):
+    # δ ⊙= σ'(z) for the rows r0 <= r < r1; with ``z_is_derivative`` z already holds σ'(z)
+    if z_is_derivative:
+        for r in range(r0, r1):
+            for k in range(delta.shape[1]):
+                delta[r, k] *= z[r, k]
+    else:
+        scale_by_derivative_rows(act, z, delta, delta, r0, r1)
+
+
 def backprop_delta_body(W, delta_next, z, act, delta, z_is_derivative):
     """δ = (δ_next W) ⊙ σ'(z); with ``z_is_derivative`` z already holds σ'(z)."""
     N = z.shape[0]
     n_next, n = W.shape
     zero = z.dtype.type(0.0)
-    for rb in prange((N + 3) // 4):
+    # Whole blocks of 4 rows in the loop; the rest (fewer than 4) after it, in order (see
+    # _backprop_rows_in_order), so that no call sits in the parallel loop's body.
+    for rb in prange(N // 4):
         r0 = rb * 4
-        r1 = min(r0 + 4, N)
+        r1 = r0 + 4
         for r in range(r0, r1):
             for k in range(n):
                 delta[r, k] = zero
-        if r1 - r0 == 4:
-            j = 0
-            if _single(zero):  # float64 runs faster with the 4-row loop alone
-                # 4 rows of δ from 8 rows of W per pass over k: 32 multiply-adds per 4 stores.
-                while j + 8 <= n_next:
-                    c00, c01 = delta_next[r0, j], delta_next[r0, j + 1]
-                    c02, c03 = delta_next[r0, j + 2], delta_next[r0, j + 3]
-                    c04, c05 = delta_next[r0, j + 4], delta_next[r0, j + 5]
-                    c06, c07 = delta_next[r0, j + 6], delta_next[r0, j + 7]
-                    c10, c11 = delta_next[r0 + 1, j], delta_next[r0 + 1, j + 1]
-                    c12, c13 = delta_next[r0 + 1, j + 2], delta_next[r0 + 1, j + 3]
-                    c14, c15 = delta_next[r0 + 1, j + 4], delta_next[r0 + 1, j + 5]
-                    c16, c17 = delta_next[r0 + 1, j + 6], delta_next[r0 + 1, j + 7]
-                    c20, c21 = delta_next[r0 + 2, j], delta_next[r0 + 2, j + 1]
-                    c22, c23 = delta_next[r0 + 2, j + 2], delta_next[r0 + 2, j + 3]
-                    c24, c25 = delta_next[r0 + 2, j + 4], delta_next[r0 + 2, j + 5]
-                    c26, c27 = delta_next[r0 + 2, j + 6], delta_next[r0 + 2, j + 7]
-                    c30, c31 = delta_next[r0 + 3, j], delta_next[r0 + 3, j + 1]
-                    c32, c33 = delta_next[r0 + 3, j + 2], delta_next[r0 + 3, j + 3]
-                    c34, c35 = delta_next[r0 + 3, j + 4], delta_next[r0 + 3, j + 5]
-                    c36, c37 = delta_next[r0 + 3, j + 6], delta_next[r0 + 3, j + 7]
-                    for k in range(n):
-                        w0 = W[j, k]
-                        w1 = W[j + 1, k]
-                        w2 = W[j + 2, k]
-                        w3 = W[j + 3, k]
-                        w4 = W[j + 4, k]
-                        w5 = W[j + 5, k]
-                        w6 = W[j + 6, k]
-                        w7 = W[j + 7, k]
-                        delta[r0, k] += ((c00 * w0 + c01 * w1) + (c02 * w2 + c03 * w3)) + (
-                            (c04 * w4 + c05 * w5) + (c06 * w6 + c07 * w7))
-                        delta[r0 + 1, k] += ((c10 * w0 + c11 * w1) + (c12 * w2 + c13 * w3)) + (
-                            (c14 * w4 + c15 * w5) + (c16 * w6 + c17 * w7))
-                        delta[r0 + 2, k] += ((c20 * w0 + c21 * w1) + (c22 * w2 + c23 * w3)) + (
-                            (c24 * w4 + c25 * w5) + (c26 * w6 + c27 * w7))
-                        delta[r0 + 3, k] += ((c30 * w0 + c31 * w1) + (c32 * w2 + c33 * w3)) + (
-                            (c34 * w4 + c35 * w5) + (c36 * w6 + c37 * w7))
-                    j += 8
-            while j + 4 <= n_next:
+        j = 0
+        if _single(zero):  # float64 runs faster with the 4-row loop alone
+            # 4 rows of δ from 8 rows of W per pass over k: 32 multiply-adds per 4 stores.
+            while j + 8 <= n_next:
                 c00, c01 = delta_next[r0, j], delta_next[r0, j + 1]
                 c02, c03 = delta_next[r0, j + 2], delta_next[r0, j + 3]
+                c04, c05 = delta_next[r0, j + 4], delta_next[r0, j + 5]
+                c06, c07 = delta_next[r0, j + 6], delta_next[r0, j + 7]
                 c10, c11 = delta_next[r0 + 1, j], delta_next[r0 + 1, j + 1]
                 c12, c13 = delta_next[r0 + 1, j + 2], delta_next[r0 + 1, j + 3]
+                c14, c15 = delta_next[r0 + 1, j + 4], delta_next[r0 + 1, j + 5]
+                c16, c17 = delta_next[r0 + 1, j + 6], delta_next[r0 + 1, j + 7]
                 c20, c21 = delta_next[r0 + 2, j], delta_next[r0 + 2, j + 1]
                 c22, c23 = delta_next[r0 + 2, j + 2], delta_next[r0 + 2, j + 3]
+                c24, c25 = delta_next[r0 + 2, j + 4], delta_next[r0 + 2, j + 5]
+                c26, c27 = delta_next[r0 + 2, j + 6], delta_next[r0 + 2, j + 7]
                 c30, c31 = delta_next[r0 + 3, j], delta_next[r0 + 3, j + 1]
                 c32, c33 = delta_next[r0 + 3, j + 2], delta_next[r0 + 3, j + 3]
+                c34, c35 = delta_next[r0 + 3, j + 4], delta_next[r0 + 3, j + 5]
+                c36, c37 = delta_next[r0 + 3, j + 6], delta_next[r0 + 3, j + 7]
                 for k in range(n):
                     w0 = W[j, k]
                     w1 = W[j + 1, k]
                     w2 = W[j + 2, k]
                     w3 = W[j + 3, k]
-                    delta[r0, k] += c00 * w0 + c01 * w1 + c02 * w2 + c03 * w3
-                    delta[r0 + 1, k] += c10 * w0 + c11 * w1 + c12 * w2 + c13 * w3
-                    delta[r0 + 2, k] += c20 * w0 + c21 * w1 + c22 * w2 + c23 * w3
-                    delta[r0 + 3, k] += c30 * w0 + c31 * w1 + c32 * w2 + c33 * w3
-                j += 4
-            for jj in range(j, n_next):
-                c0, c1 = delta_next[r0, jj], delta_next[r0 + 1, jj]
-                c2, c3 = delta_next[r0 + 2, jj], delta_next[r0 + 3, jj]
-                for k in range(n):
-                    w = W[jj, k]
-                    delta[r0, k] += c0 * w
-                    delta[r0 + 1, k] += c1 * w
-                    delta[r0 + 2, k] += c2 * w
-                    delta[r0 + 3, k] += c3 * w
-        else:
-            _backprop_rows_in_order(W, delta_next, delta, r0, r1)
-        if z_is_derivative:
-            for r in range(r0, r1):
-                for k in range(n):
-                    delta[r, k] *= z[r, k]
-        else:
-            scale_by_derivative_rows(act, z, delta, delta, r0, r1)
+                    w4 = W[j + 4, k]
+                    w5 = W[j + 5, k]
+                    w6 = W[j + 6, k]
+                    w7 = W[j + 7, k]
+                    delta[r0, k] += ((c00 * w0 + c01 * w1) + (c02 * w2 + c03 * w3)) + (
+                        (c04 * w4 + c05 * w5) + (c06 * w6 + c07 * w7))
+                    delta[r0 + 1, k] += ((c10 * w0 + c11 * w1) + (c12 * w2 + c13 * w3)) + (
+                        (c14 * w4 + c15 * w5) + (c16 * w6 + c17 * w7))
+                    delta[r0 + 2, k] += ((c20 * w0 + c21 * w1) + (c22 * w2 + c23 * w3)) + (
+                        (c24 * w4 + c25 * w5) + (c26 * w6 + c27 * w7))
+                    delta[r0 + 3, k] += ((c30 * w0 + c31 * w1) + (c32 * w2 + c33 * w3)) + (
+                        (c34 * w4 + c35 * w5) + (c36 * w6 + c37 * w7))
+                j += 8
+        while j + 4 <= n_next:
+            c00, c01 = delta_next[r0, j], delta_next[r0, j + 1]
+            c02, c03 = delta_next[r0, j + 2], delta_next[r0, j + 3]
+            c10, c11 = delta_next[r0 + 1, j], delta_next[r0 + 1, j + 1]
+            c12, c13 = delta_next[r0 + 1, j + 2], delta_next[r0 + 1, j + 3]
+            c20, c21 = delta_next[r0 + 2, j], delta_next[r0 + 2, j + 1]
+            c22, c23 = delta_next[r0 + 2, j + 2], delta_next[r0 + 2, j + 3]
+            c30, c31 = delta_next[r0 + 3, j], delta_next[r0 + 3, j + 1]
+            c32, c33 = delta_next[r0 + 3, j + 2], delta_next[r0 + 3, j + 3]
+            for k in range(n):
+                w0 = W[j, k]
+                w1 = W[j + 1, k]
+                w2 = W[j + 2, k]
+                w3 = W[j + 3, k]
+                delta[r0, k] += c00 * w0 + c01 * w1 + c02 * w2 + c03 * w3
+                delta[r0 + 1, k] += c10 * w0 + c11 * w1 + c12 * w2 + c13 * w3
+                delta[r0 + 2, k] += c20 * w0 + c21 * w1 + c22 * w2 + c23 * w3
+                delta[r0 + 3, k] += c30 * w0 + c31 * w1 + c32 * w2 + c33 * w3
+            j += 4
+        for jj in range(j, n_next):
+            c0, c1 = delta_next[r0, jj], delta_next[r0 + 1, jj]
+            c2, c3 = delta_next[r0 + 2, jj], delta_next[r0 + 3, jj]
+            for k in range(n):
+                w = W[jj, k]
+                delta[r0, k] += c0 * w
+                delta[r0 + 1, k] += c1 * w
+                delta[r0 + 2, k] += c2 * w
+                delta[r0 + 3, k] += c3 * w
+        _scale_rows(act, z, delta, r0, r1, z_is_derivative)
+    r0 = N // 4 * 4
+    if r0 < N:
+        for r in range(r0, N):
+            for k in range(n):
+                delta[r, k] = zero
+        _backprop_rows_in_order(W, delta_next, delta, r0, N)
+        _scale_rows(act, z, delta, r0, N, z_is_derivative)
 
 
 @njit(inline="always")
-def _accumulator_rows(a_prev, gW, j0, tiled):
-    """Where BP3 adds up 4 rows of ∂C/∂W (j0 .. j0+3) over the batch: those rows of gW, or, with
-    ``tiled``, a private 4-row tile whose rows start half a page (2 KiB) from a^{l-1}'s first row
+def _tile(a_prev):
+    """A private 4-row tile for BP3 whose rows start half a page (2 KiB) from a^{l-1}'s first row
     modulo 4 KiB and lie whole pages apart (``config.BP3_TILE_MIN_ROWS`` says when and why)."""
-    if not tiled:
-        return gW[j0 : j0 + 4]
     n_in = a_prev.shape[1]
     size = a_prev.itemsize
     page = 4096 // size
@@ -459,113 +468,150 @@ def _accumulator_rows(a_prev, gW, j0, tiled):
     return buf[gap : gap + 4 * stride].reshape((4, stride))
 
 
-def weight_bias_grad_body(delta, a_prev, gW, gb, with_bias):
-    N, n_out = delta.shape
+@njit(inline="always")
+def _bp3_four_rows(delta, a_prev, G, g0, j0):
+    """BP3 and BP4 for the 4 output neurons j0 .. j0+3: their rows of ∂C/∂W^l summed over the batch
+    into the rows g0 .. g0+3 of ``G`` (∂C/∂W^l itself, or a private tile); returns the 4 sums of δ."""
+    N = delta.shape[0]
     n_in = a_prev.shape[1]
     zero = delta.dtype.type(0.0)
-    tiled = _single(zero) and N >= BP3_TILE_MIN_ROWS and n_in * a_prev.itemsize % 4096 == 0
+    for j in range(4):
+        for k in range(n_in):
+            G[g0 + j, k] = zero
+    b0 = b1 = b2 = b3 = zero
+    r = 0
+    if _single(zero):  # float64 runs faster with the 4-sample loop alone
+        # 4 rows of gW from 8 samples per pass over k: 32 multiply-adds per 4 stores.
+        while r + 8 <= N:
+            c00, c01, c02, c03 = delta[r, j0], delta[r + 1, j0], delta[r + 2, j0], delta[r + 3, j0]
+            c04, c05, c06, c07 = delta[r + 4, j0], delta[r + 5, j0], delta[r + 6, j0], delta[r + 7, j0]
+            c10, c11 = delta[r, j0 + 1], delta[r + 1, j0 + 1]
+            c12, c13 = delta[r + 2, j0 + 1], delta[r + 3, j0 + 1]
+            c14, c15 = delta[r + 4, j0 + 1], delta[r + 5, j0 + 1]
+            c16, c17 = delta[r + 6, j0 + 1], delta[r + 7, j0 + 1]
+            c20, c21 = delta[r, j0 + 2], delta[r + 1, j0 + 2]
+            c22, c23 = delta[r + 2, j0 + 2], delta[r + 3, j0 + 2]
+            c24, c25 = delta[r + 4, j0 + 2], delta[r + 5, j0 + 2]
+            c26, c27 = delta[r + 6, j0 + 2], delta[r + 7, j0 + 2]
+            c30, c31 = delta[r, j0 + 3], delta[r + 1, j0 + 3]
+            c32, c33 = delta[r + 2, j0 + 3], delta[r + 3, j0 + 3]
+            c34, c35 = delta[r + 4, j0 + 3], delta[r + 5, j0 + 3]
+            c36, c37 = delta[r + 6, j0 + 3], delta[r + 7, j0 + 3]
+            b0 += ((c00 + c01) + (c02 + c03)) + ((c04 + c05) + (c06 + c07))
+            b1 += ((c10 + c11) + (c12 + c13)) + ((c14 + c15) + (c16 + c17))
+            b2 += ((c20 + c21) + (c22 + c23)) + ((c24 + c25) + (c26 + c27))
+            b3 += ((c30 + c31) + (c32 + c33)) + ((c34 + c35) + (c36 + c37))
+            for k in range(n_in):
+                x0 = a_prev[r, k]
+                x1 = a_prev[r + 1, k]
+                x2 = a_prev[r + 2, k]
+                x3 = a_prev[r + 3, k]
+                x4 = a_prev[r + 4, k]
+                x5 = a_prev[r + 5, k]
+                x6 = a_prev[r + 6, k]
+                x7 = a_prev[r + 7, k]
+                G[g0, k] += ((c00 * x0 + c01 * x1) + (c02 * x2 + c03 * x3)) + (
+                    (c04 * x4 + c05 * x5) + (c06 * x6 + c07 * x7))
+                G[g0 + 1, k] += ((c10 * x0 + c11 * x1) + (c12 * x2 + c13 * x3)) + (
+                    (c14 * x4 + c15 * x5) + (c16 * x6 + c17 * x7))
+                G[g0 + 2, k] += ((c20 * x0 + c21 * x1) + (c22 * x2 + c23 * x3)) + (
+                    (c24 * x4 + c25 * x5) + (c26 * x6 + c27 * x7))
+                G[g0 + 3, k] += ((c30 * x0 + c31 * x1) + (c32 * x2 + c33 * x3)) + (
+                    (c34 * x4 + c35 * x5) + (c36 * x6 + c37 * x7))
+            r += 8
+    while r + 4 <= N:
+        c00, c01, c02, c03 = delta[r, j0], delta[r + 1, j0], delta[r + 2, j0], delta[r + 3, j0]
+        c10, c11, c12, c13 = delta[r, j0 + 1], delta[r + 1, j0 + 1], delta[r + 2, j0 + 1], delta[r + 3, j0 + 1]
+        c20, c21, c22, c23 = delta[r, j0 + 2], delta[r + 1, j0 + 2], delta[r + 2, j0 + 2], delta[r + 3, j0 + 2]
+        c30, c31, c32, c33 = delta[r, j0 + 3], delta[r + 1, j0 + 3], delta[r + 2, j0 + 3], delta[r + 3, j0 + 3]
+        b0 += c00 + c01 + c02 + c03
+        b1 += c10 + c11 + c12 + c13
+        b2 += c20 + c21 + c22 + c23
+        b3 += c30 + c31 + c32 + c33
+        for k in range(n_in):
+            x0 = a_prev[r, k]
+            x1 = a_prev[r + 1, k]
+            x2 = a_prev[r + 2, k]
+            x3 = a_prev[r + 3, k]
+            G[g0, k] += c00 * x0 + c01 * x1 + c02 * x2 + c03 * x3
+            G[g0 + 1, k] += c10 * x0 + c11 * x1 + c12 * x2 + c13 * x3
+            G[g0 + 2, k] += c20 * x0 + c21 * x1 + c22 * x2 + c23 * x3
+            G[g0 + 3, k] += c30 * x0 + c31 * x1 + c32 * x2 + c33 * x3
+        r += 4
+    for rr in range(r, N):
+        c0, c1, c2, c3 = delta[rr, j0], delta[rr, j0 + 1], delta[rr, j0 + 2], delta[rr, j0 + 3]
+        b0 += c0
+        b1 += c1
+        b2 += c2
+        b3 += c3
+        for k in range(n_in):
+            x = a_prev[rr, k]
+            G[g0, k] += c0 * x
+            G[g0 + 1, k] += c1 * x
+            G[g0 + 2, k] += c2 * x
+            G[g0 + 3, k] += c3 * x
+    return b0, b1, b2, b3
+
+
+@njit(inline="always")
+def _bp3_last_rows(delta, a_prev, gW, gb, j0, j1, with_bias):
+    # BP3 and BP4 for the output neurons j0 <= j < j1 of a block of fewer than 4
+    N = delta.shape[0]
+    n_in = a_prev.shape[1]
+    zero = delta.dtype.type(0.0)
+    for j in range(j0, j1):
+        for k in range(n_in):
+            gW[j, k] = zero
+    for j in range(j0, j1):
+        sb = zero
+        for r in range(N):
+            c = delta[r, j]
+            sb += c
+            for k in range(n_in):
+                gW[j, k] += c * a_prev[r, k]
+        if with_bias:
+            gb[j] = sb
+
+
+@njit(inline="always")
+def _store_bias(gb, j0, b0, b1, b2, b3, with_bias):
+    if with_bias:
+        gb[j0] = b0
+        gb[j0 + 1] = b1
+        gb[j0 + 2] = b2
+        gb[j0 + 3] = b3
+
+
+def weight_bias_grad_body(delta, a_prev, gW, gb, with_bias):
+    n_out = delta.shape[1]
     for jb in prange((n_out + 3) // 4):
         j0 = jb * 4
         j1 = min(j0 + 4, n_out)
         if j1 - j0 == 4:
-            G = _accumulator_rows(a_prev, gW, j0, tiled)
+            b0, b1, b2, b3 = _bp3_four_rows(delta, a_prev, gW, j0, j0)
+            _store_bias(gb, j0, b0, b1, b2, b3, with_bias)
+        else:
+            _bp3_last_rows(delta, a_prev, gW, gb, j0, j1, with_bias)
+
+
+def weight_bias_grad_tiled_body(delta, a_prev, gW, gb, with_bias):
+    """BP3 and BP4 as :func:`weight_bias_grad_body`, each 4-row block summed in a private tile
+    (:func:`_tile`) and copied out: what the network kernels run in float32 where a row of a^{l-1}
+    is a whole number of pages (``config.BP3_TILE_MIN_ROWS``).  The same sums in the same order."""
+    n_out = delta.shape[1]
+    n_in = a_prev.shape[1]
+    for jb in prange((n_out + 3) // 4):
+        j0 = jb * 4
+        j1 = min(j0 + 4, n_out)
+        if j1 - j0 == 4:
+            T = _tile(a_prev)
+            b0, b1, b2, b3 = _bp3_four_rows(delta, a_prev, T, 0, j0)
             for j in range(4):
                 for k in range(n_in):
-                    G[j, k] = zero
-            b0 = b1 = b2 = b3 = zero
-            r = 0
-            if _single(zero):  # float64 runs faster with the 4-sample loop alone
-                # 4 rows of gW from 8 samples per pass over k: 32 multiply-adds per 4 stores.
-                while r + 8 <= N:
-                    c00, c01, c02, c03 = delta[r, j0], delta[r + 1, j0], delta[r + 2, j0], delta[r + 3, j0]
-                    c04, c05, c06, c07 = delta[r + 4, j0], delta[r + 5, j0], delta[r + 6, j0], delta[r + 7, j0]
-                    c10, c11 = delta[r, j0 + 1], delta[r + 1, j0 + 1]
-                    c12, c13 = delta[r + 2, j0 + 1], delta[r + 3, j0 + 1]
-                    c14, c15 = delta[r + 4, j0 + 1], delta[r + 5, j0 + 1]
-                    c16, c17 = delta[r + 6, j0 + 1], delta[r + 7, j0 + 1]
-                    c20, c21 = delta[r, j0 + 2], delta[r + 1, j0 + 2]
-                    c22, c23 = delta[r + 2, j0 + 2], delta[r + 3, j0 + 2]
-                    c24, c25 = delta[r + 4, j0 + 2], delta[r + 5, j0 + 2]
-                    c26, c27 = delta[r + 6, j0 + 2], delta[r + 7, j0 + 2]
-                    c30, c31 = delta[r, j0 + 3], delta[r + 1, j0 + 3]
-                    c32, c33 = delta[r + 2, j0 + 3], delta[r + 3, j0 + 3]
-                    c34, c35 = delta[r + 4, j0 + 3], delta[r + 5, j0 + 3]
-                    c36, c37 = delta[r + 6, j0 + 3], delta[r + 7, j0 + 3]
-                    b0 += ((c00 + c01) + (c02 + c03)) + ((c04 + c05) + (c06 + c07))
-                    b1 += ((c10 + c11) + (c12 + c13)) + ((c14 + c15) + (c16 + c17))
-                    b2 += ((c20 + c21) + (c22 + c23)) + ((c24 + c25) + (c26 + c27))
-                    b3 += ((c30 + c31) + (c32 + c33)) + ((c34 + c35) + (c36 + c37))
-                    for k in range(n_in):
-                        x0 = a_prev[r, k]
-                        x1 = a_prev[r + 1, k]
-                        x2 = a_prev[r + 2, k]
-                        x3 = a_prev[r + 3, k]
-                        x4 = a_prev[r + 4, k]
-                        x5 = a_prev[r + 5, k]
-                        x6 = a_prev[r + 6, k]
-                        x7 = a_prev[r + 7, k]
-                        G[0, k] += ((c00 * x0 + c01 * x1) + (c02 * x2 + c03 * x3)) + (
-                            (c04 * x4 + c05 * x5) + (c06 * x6 + c07 * x7))
-                        G[1, k] += ((c10 * x0 + c11 * x1) + (c12 * x2 + c13 * x3)) + (
-                            (c14 * x4 + c15 * x5) + (c16 * x6 + c17 * x7))
-                        G[2, k] += ((c20 * x0 + c21 * x1) + (c22 * x2 + c23 * x3)) + (
-                            (c24 * x4 + c25 * x5) + (c26 * x6 + c27 * x7))
-                        G[3, k] += ((c30 * x0 + c31 * x1) + (c32 * x2 + c33 * x3)) + (
-                            (c34 * x4 + c35 * x5) + (c36 * x6 + c37 * x7))
-                    r += 8
-            while r + 4 <= N:
-                c00, c01, c02, c03 = delta[r, j0], delta[r + 1, j0], delta[r + 2, j0], delta[r + 3, j0]
-                c10, c11, c12, c13 = delta[r, j0 + 1], delta[r + 1, j0 + 1], delta[r + 2, j0 + 1], delta[r + 3, j0 + 1]
-                c20, c21, c22, c23 = delta[r, j0 + 2], delta[r + 1, j0 + 2], delta[r + 2, j0 + 2], delta[r + 3, j0 + 2]
-                c30, c31, c32, c33 = delta[r, j0 + 3], delta[r + 1, j0 + 3], delta[r + 2, j0 + 3], delta[r + 3, j0 + 3]
-                b0 += c00 + c01 + c02 + c03
-                b1 += c10 + c11 + c12 + c13
-                b2 += c20 + c21 + c22 + c23
-                b3 += c30 + c31 + c32 + c33
-                for k in range(n_in):
-                    x0 = a_prev[r, k]
-                    x1 = a_prev[r + 1, k]
-                    x2 = a_prev[r + 2, k]
-                    x3 = a_prev[r + 3, k]
-                    G[0, k] += c00 * x0 + c01 * x1 + c02 * x2 + c03 * x3
-                    G[1, k] += c10 * x0 + c11 * x1 + c12 * x2 + c13 * x3
-                    G[2, k] += c20 * x0 + c21 * x1 + c22 * x2 + c23 * x3
-                    G[3, k] += c30 * x0 + c31 * x1 + c32 * x2 + c33 * x3
-                r += 4
-            for rr in range(r, N):
-                c0, c1, c2, c3 = delta[rr, j0], delta[rr, j0 + 1], delta[rr, j0 + 2], delta[rr, j0 + 3]
-                b0 += c0
-                b1 += c1
-                b2 += c2
-                b3 += c3
-                for k in range(n_in):
-                    x = a_prev[rr, k]
-                    G[0, k] += c0 * x
-                    G[1, k] += c1 * x
-                    G[2, k] += c2 * x
-                    G[3, k] += c3 * x
-            if tiled:
-                for j in range(4):
-                    for k in range(n_in):
-                        gW[j0 + j, k] = G[j, k]
-            if with_bias:
-                gb[j0] = b0
-                gb[j0 + 1] = b1
-                gb[j0 + 2] = b2
-                gb[j0 + 3] = b3
+                    gW[j0 + j, k] = T[j, k]
+            _store_bias(gb, j0, b0, b1, b2, b3, with_bias)
         else:
-            for j in range(j0, j1):
-                for k in range(n_in):
-                    gW[j, k] = zero
-            for j in range(j0, j1):
-                sb = zero
-                for r in range(N):
-                    c = delta[r, j]
-                    sb += c
-                    for k in range(n_in):
-                        gW[j, k] += c * a_prev[r, k]
-                if with_bias:
-                    gb[j] = sb
+            _bp3_last_rows(delta, a_prev, gW, gb, j0, j1, with_bias)
 
 
 def bias_grad_body(delta, gb):
@@ -585,6 +631,7 @@ def bias_grad_body(delta, gb):
 linear_forward_serial, linear_forward_parallel = twins(linear_forward_body)
 backprop_delta_serial, backprop_delta_parallel = twins(backprop_delta_body)
 weight_bias_grad_serial, weight_bias_grad_parallel = twins(weight_bias_grad_body)
+weight_bias_grad_tiled_serial, weight_bias_grad_tiled_parallel = twins(weight_bias_grad_tiled_body)
 bias_grad_serial, bias_grad_parallel = twins(bias_grad_body)
 backprop_delta_transposed_serial, backprop_delta_transposed_parallel = twins(backprop_delta_transposed_body)
 transpose_serial, transpose_parallel = twins(transpose_body)

@@ -21,6 +21,7 @@ from .._cache import cached_njit
 from ..activations import SOFTMAX
 from ..config import (
     BP2_TRANSPOSED_MIN_ROWS,
+    BP3_TILE_MIN_ROWS,
     FASTMATH,
     PARALLEL_MIN_WORK,
     SMALL_INPUT,
@@ -36,9 +37,15 @@ __all__ = ["forward", "loss_and_grad"]
 # (rebound at the end of this module).  Called, not inlined: each is compiled once per signature.
 _linear_forward = _layers.linear_forward_serial
 _weight_bias_grad = _layers.weight_bias_grad_serial
+_weight_bias_grad_tiled = _layers.weight_bias_grad_tiled_serial
 _backprop_delta = _layers.backprop_delta_serial
 _backprop_delta_transposed = _layers.backprop_delta_transposed_serial
 _transpose = _layers.transpose_serial
+
+
+@njit(inline="always")
+def _single(like):
+    return like.itemsize == 4
 
 
 @njit(inline="always")
@@ -130,6 +137,8 @@ def _loss_and_grad_impl(params, sizes, acts, loss, x, y, labels, grad, work, sam
         small = l < L - 1 and n_in <= SMALL_INPUT and n_in <= N and N * n_in * n_out < PARALLEL_MIN_WORK
         if small:
             _layers.weight_bias_grad_small_in(D, P, gW, gb, view2d(work, zo + N * n_out if d_in_z else zo, n_in, n_out))
+        elif _single(params) and N >= BP3_TILE_MIN_ROWS and _page_rows(n_in, params):
+            _weight_bias_grad_tiled(D, P, gW, gb, True)
         else:
             _weight_bias_grad(D, P, gW, gb, True)
         if l > 0 and not transposed:
@@ -144,7 +153,8 @@ _forward_body_parallel = inlined_copy(_forward_body, "_parallel", _linear_forwar
 _forward_serial, _forward_parallel = calling_twins(_forward_impl, _forward_body=_forward_body_parallel)
 _loss_and_grad_serial, _loss_and_grad_parallel = calling_twins(
     _loss_and_grad_impl, _forward_body=_forward_body_parallel,
-    _weight_bias_grad=_layers.weight_bias_grad_parallel, _backprop_delta=_layers.backprop_delta_parallel,
+    _weight_bias_grad=_layers.weight_bias_grad_parallel,
+    _weight_bias_grad_tiled=_layers.weight_bias_grad_tiled_parallel, _backprop_delta=_layers.backprop_delta_parallel,
     _backprop_delta_transposed=_layers.backprop_delta_transposed_parallel, _transpose=_layers.transpose_parallel)
 
 
