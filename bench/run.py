@@ -111,8 +111,13 @@ def contender(kind: str, config: str, dtype_name: str, repeats: int) -> dict:
         g = np.empty_like(net.params)
         work = np.empty(fastbp.workspace_size(net.sizes, x.shape[0]), dtype)
         vel = np.zeros_like(net.params)
-        steps = 100
         spec = net.spec
+        # steps per timed call: about 20 ms of them, at most 100 (a fixed 100 took 3.5 s per call,
+        # some 2 minutes per process, at 900-900-900 in float64)
+        loop(net.params, spec.sizes, spec.activations, spec.loss, x, y, g, work, vel, 1)  # compile
+        t = time.perf_counter()
+        loop(net.params, spec.sizes, spec.activations, spec.loss, x, y, g, work, vel, 1)
+        steps = int(min(100, max(1, 0.02 / max(time.perf_counter() - t, 1e-9))))
         t = _median_time(lambda: loop(net.params, spec.sizes, spec.activations, spec.loss, x, y, g, work, vel,
                                       steps), repeats)
         return {"time": t / steps}
