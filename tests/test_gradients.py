@@ -144,7 +144,8 @@ def test_whole_page_widths_on_both_sides_of_the_transposed_bp2(dtype, rng):
     assert fastbp.config.BP2_TRANSPOSED_MIN_ROWS == fastbp.config.BP3_TILE_MIN_ROWS == 64
     net = _net(sizes, acts, "mse", dtype)
     spec = net.spec
-    # 11 and 63 also caught the twins' narrow-input kernels summing in different orders (float32)
+    # 11 and 63 also caught the twins summing BP2's last rows (past the last block of 4) in
+    # different orders (float32, before a2cd29a)
     for n in (11, 63, 64, 67):
         x, y = random_problem(rng, sizes, n, dtype)
         C, g = net.loss_and_grad(x, y)
