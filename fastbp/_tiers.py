@@ -132,7 +132,7 @@ class Race:
     (``params -= lr * g``) moves them back: one to two parameter vectors cross between the cores
     per step.  What that costs depends on where the machine has put its cores.  On the reference
     machine (a virtual machine) it changes from process to process and within one: a 1 MB vector
-    modified on one core and read on the other took 0.1 ms in some processes and 0.5-0.7 ms in
+    modified on one core and read on the other took 0.1 ms in some processes and 0.4-0.7 ms in
     others, and the 784-300-100-10 training step with the caller's update took 0.9 ms on two
     threads against 1.4 ms on one in the first kind, but 1.8-2.6 ms on two in the second
     (bench/RESULTS.md, "One thread or two").  So the choice is measured, not assumed:
