@@ -25,6 +25,7 @@ from __future__ import annotations
 import threading
 import time
 
+import numpy as np
 from numba.core.compiler_lock import global_compiler_lock
 
 from . import config
@@ -116,12 +117,6 @@ class _Stretch:
         self.last: tuple[float, bool, bool] | None = None  # (start, twin, clean) of the previous call
 
 
-def _median(values: list[float]) -> float:
-    v = sorted(values)
-    n = len(v)
-    return v[n // 2] if n % 2 else 0.5 * (v[n // 2 - 1] + v[n // 2])
-
-
 class Race:
     """Whether a whole-network call where the parallel twin pays runs it on every thread or on the
     calling thread alone: whichever comes round faster, measured as the program runs.
@@ -197,9 +192,9 @@ class Race:
 
     @staticmethod
     def _decide(st: _Stretch) -> None:
-        other, probe = _median(st.probe), st.probe
+        other, probe = np.median(st.probe), st.probe
         st.probe = []
-        if st.recent and other < config.TWIN_SWITCH_RATIO * _median(st.recent):
+        if st.recent and other < config.TWIN_SWITCH_RATIO * np.median(st.recent):
             st.parallel = not st.parallel
             st.recent = probe[-config.TWIN_PROBE_CALLS:]
             st.gap = config.TWIN_PROBE_GAP[0]

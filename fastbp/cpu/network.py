@@ -18,6 +18,7 @@ from __future__ import annotations
 from numba import njit
 
 from .._cache import cached_njit
+from .._math import _single
 from ..activations import SOFTMAX
 from ..config import (
     BP2_TRANSPOSED_MIN_ROWS,
@@ -41,11 +42,6 @@ _weight_bias_grad_tiled = _layers.weight_bias_grad_tiled_serial
 _backprop_delta = _layers.backprop_delta_serial
 _backprop_delta_transposed = _layers.backprop_delta_transposed_serial
 _transpose = _layers.transpose_serial
-
-
-@njit(inline="always")
-def _single(like):
-    return like.itemsize == 4
 
 
 @njit(inline="always")
@@ -76,9 +72,7 @@ def _forward_body(params, sizes, acts, x, work, train, derive_out=False, grad=No
         if grad is not None and n_in <= SMALL_INPUT and N * n_in * n_out < PARALLEL_MIN_WORK:
             # W^T into the gradient's slot of W^l, which BP3 overwrites later.
             WT = view2d(grad, wo, n_in, n_out)
-            for j in range(n_out):
-                for k in range(n_in):
-                    WT[k, j] = W[j, k]
+            _layers.transpose_serial(W, WT)
             _layers.linear_forward_small_in(WT, b, P, acts[l], Z, A, derive)
         else:
             _linear_forward(W, b, P, acts[l], Z, A, derive)
@@ -137,7 +131,7 @@ def _loss_and_grad_impl(params, sizes, acts, loss, x, y, labels, grad, work, sam
         small = l < L - 1 and n_in <= SMALL_INPUT and n_in <= N and N * n_in * n_out < PARALLEL_MIN_WORK
         if small:
             _layers.weight_bias_grad_small_in(D, P, gW, gb, view2d(work, zo + N * n_out if d_in_z else zo, n_in, n_out))
-        elif _single(params) and N >= BP3_TILE_MIN_ROWS and _page_rows(n_in, params):
+        elif _single(params[0]) and N >= BP3_TILE_MIN_ROWS and _page_rows(n_in, params):
             _weight_bias_grad_tiled(D, P, gW, gb, True)
         else:
             _weight_bias_grad(D, P, gW, gb, True)
