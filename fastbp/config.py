@@ -63,6 +63,37 @@ PARALLEL_MIN_WORK_THREAD = 1 << 24
 #: tiny configuration's n0 = 4.
 SMALL_INPUT = 8
 
+
+def _vector_bytes() -> int:
+    """Width in bytes of the widest vector register Numba compiles for: 64 with AVX-512, 32 with
+    AVX2, 16 otherwise (also for a ``NUMBA_CPU_NAME`` other than the host without such features
+    named in ``NUMBA_CPU_FEATURES``)."""
+    name = numba.config.CPU_NAME
+    if name and name != "host":
+        feats = (numba.config.CPU_FEATURES or "").split(",")
+    else:
+        import llvmlite.binding as ll
+
+        host = ll.get_host_cpu_features()
+        feats = [f"+{k}" for k, on in host.items() if on]
+    return 64 if "+avx512f" in feats else 32 if "+avx2" in feats else 16
+
+
+#: Bytes per vector register of the machine the kernels are compiled for (:func:`_vector_bytes`).
+VECTOR_BYTES = _vector_bytes()
+
+#: The training step computes a layer's forward product and BP3 along its outputs (n_l, the
+#: inner loop) instead of its inputs (n_{l-1}), from transposed copies of W^l and ∂C/∂W^l, when
+#: the batch has at least ``OUTPUTS_INNER_MIN_ROWS`` rows and the loop along n_l keeps at least
+#: ``OUTPUTS_INNER_GAIN`` times as large a share of the vector lanes busy as the loop along
+#: n_{l-1}: a loop of m iterations on v lanes runs m // v full vectors, then its last m % v
+#: iterations one at a time, so it keeps (m / v) / (m // v + m % v) of the lanes busy.  At a
+#: narrow input such as n_{l-1} = 10 or 30 (tabular data) and n_l = 100, the loop along n_{l-1}
+#: ran mostly or wholly one element at a time (bench/RESULTS.md).  The transpositions cost
+#: O(n_{l-1} n_l) each, paid back from about 64 rows.
+OUTPUTS_INNER_MIN_ROWS = 64
+OUTPUTS_INNER_GAIN = 1.5
+
 #: BP2 on a batch of at least this many rows, where a row of δ^{l-1} or of W^l is a whole number
 #: of 4 KiB pages (widths 1024, 2048, ... in float32, 512, 1024, ... in float64), runs from a
 #: transposed copy of W^l (in the gradient's slot of W^l, which BP3 overwrites next) with the

@@ -159,6 +159,32 @@ def test_whole_page_widths_on_both_sides_of_the_transposed_bp2(dtype, rng):
             np.testing.assert_array_equal(g2, g)
 
 
+# Narrow layer inputs: the training step runs the forward product and BP3 of 13 -> 65 and
+# 30 -> 100 along n_l, from transposed W^l and ∂C/∂W^l (config.OUTPUTS_INNER_MIN_ROWS, 64 rows),
+# the second a hidden layer that BP2 then runs back from; batches on both sides of the threshold.
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_narrow_inputs_on_both_sides_of_the_outputs_inner_threshold(dtype, rng):
+    sizes = [13, 65, 30, 100, 3]
+    acts = ["tanh", "relu", "sigmoid", "softmax"]
+    like = np.zeros(1, dtype)
+    assert fastbp.config.OUTPUTS_INNER_MIN_ROWS == 64
+    chosen = [NET._outputs_inner.py_func(a, b, 64, like) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+    if fastbp.config.VECTOR_BYTES == 64:  # AVX-512 (the reference machine, CI)
+        assert chosen == [True, False, True, False], chosen  # the layers this test is about
+    net = _net(sizes, acts, "cross_entropy", dtype)
+    spec = net.spec
+    for n in (11, 63, 64, 67):
+        x, y = random_problem(rng, sizes, n, dtype, labels=True, loss="cross_entropy")
+        C, g = net.loss_and_grad(x, y)
+        _within(net, x, y, C, g)
+        yk, lab, sw = net._backend.kernel_targets(y)
+        work = np.empty(fastbp.workspace_size(sizes, n), dtype)
+        for twin in (NET._loss_and_grad_serial, NET._loss_and_grad_parallel):
+            g2 = np.empty_like(g)
+            assert twin(net.params, spec.sizes, spec.activations, spec.loss, x, yk, lab, g2, work, sw) == C
+            np.testing.assert_array_equal(g2, g)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("loss,out_act,labels", HEADS)
 def test_stable_for_huge_weighted_inputs(loss, out_act, labels, dtype, rng):

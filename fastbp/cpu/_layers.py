@@ -209,6 +209,23 @@ def weight_bias_grad_small_in(delta, a_prev, gW, gb, gT):
             gW[j, k] = gT[k, j]
 
 
+def bias_activate_body(b, act, z, a, derive):
+    """z_r += b for every row, then a = σ(z) (with ``derive`` z is replaced by σ'(z)), in blocks of
+    4 rows: the end of the forward product a^l = σ(W^l a^{l-1} + b^l) where the product itself
+    ran as :func:`backprop_delta_body` on W^T, which leaves z = a^{l-1} (W^l)^T."""
+    N, n = z.shape
+    for rb in prange((N + 3) // 4):
+        r0 = rb * 4
+        r1 = min(r0 + 4, N)
+        for r in range(r0, r1):
+            for j in range(n):
+                z[r, j] += b[j]
+        if derive:
+            activate_and_derive_rows(act, z, a, r0, r1)
+        else:
+            activate_rows(act, z, a, r0, r1)
+
+
 # BP1 is O(N n_L) and serial: an ordinary function, compiled once per dtype.
 @cached_njit(fastmath=FASTMATH)
 def output_delta_body(loss, act, z, a, y, labels, delta, sample_weight, z_is_derivative=False):
@@ -635,3 +652,4 @@ weight_bias_grad_tiled_serial, weight_bias_grad_tiled_parallel = twins(weight_bi
 bias_grad_serial, bias_grad_parallel = twins(bias_grad_body)
 backprop_delta_transposed_serial, backprop_delta_transposed_parallel = twins(backprop_delta_transposed_body)
 transpose_serial, transpose_parallel = twins(transpose_body)
+bias_activate_serial, bias_activate_parallel = twins(bias_activate_body)

@@ -24,8 +24,11 @@ from ..config import (
     BP2_TRANSPOSED_MIN_ROWS,
     BP3_TILE_MIN_ROWS,
     FASTMATH,
+    OUTPUTS_INNER_GAIN,
+    OUTPUTS_INNER_MIN_ROWS,
     PARALLEL_MIN_WORK,
     SMALL_INPUT,
+    VECTOR_BYTES,
 )
 from ..layout import activation_offset, view2d, weight_offset
 from ..losses import MSE
@@ -42,12 +45,37 @@ _weight_bias_grad_tiled = _layers.weight_bias_grad_tiled_serial
 _backprop_delta = _layers.backprop_delta_serial
 _backprop_delta_transposed = _layers.backprop_delta_transposed_serial
 _transpose = _layers.transpose_serial
+_bias_activate = _layers.bias_activate_serial
 
 
 @njit(inline="always")
 def _page_rows(width, like):
     # whether a row of ``width`` elements of like's dtype is a whole number of 4 KiB pages
     return width * like.itemsize % 4096 == 0
+
+
+@njit(inline="always")
+def _fill(A, v):
+    one = A.dtype.type(v)
+    for r in range(A.shape[0]):
+        for j in range(A.shape[1]):
+            A[r, j] = one
+
+
+@njit(inline="always")
+def _lane_share(m, lanes):
+    # share of the vector lanes a loop of m iterations keeps busy: m // lanes full vectors, then
+    # the last m % lanes iterations one at a time (config.OUTPUTS_INNER_GAIN)
+    return m / lanes / (m // lanes + m % lanes)
+
+
+@njit(inline="always")
+def _outputs_inner(n_in, n_out, N, like):
+    # whether the training step runs layer l's forward product and BP3 along n_l
+    # (config.OUTPUTS_INNER_MIN_ROWS); n_in <= N: the transposed ∂C/∂W^l fits in a (N, n_l) buffer
+    lanes = VECTOR_BYTES // like.itemsize
+    return (N >= OUTPUTS_INNER_MIN_ROWS and n_in <= N
+            and _lane_share(n_out, lanes) >= OUTPUTS_INNER_GAIN * _lane_share(n_in, lanes))
 
 
 @njit(inline="always")
@@ -74,6 +102,16 @@ def _forward_body(params, sizes, acts, x, work, train, derive_out=False, grad=No
             WT = view2d(grad, wo, n_in, n_out)
             _layers.transpose_serial(W, WT)
             _layers.linear_forward_small_in(WT, b, P, acts[l], Z, A, derive)
+        elif grad is not None and _outputs_inner(n_in, n_out, N, params):
+            # Along n_l: Z = a^{l-1} (W^l)^T with BP2's loop, from W^T in the gradient's slot of
+            # W^l (which BP3 overwrites later); then + b and σ.  BP2's loop scales by a given
+            # σ'(z): ones here, in the a^l buffer.  (The same arguments' types as BP2's own call,
+            # so the same compiled specialisation: another costs seconds of compilation per twin.)
+            WT = view2d(grad, wo, n_in, n_out)
+            _layers.transpose_serial(W, WT)
+            _fill(A, 1.0)
+            _backprop_delta(WT, P, A, acts[l], Z, True)
+            _bias_activate(b, acts[l], Z, A, derive)
         else:
             _linear_forward(W, b, P, acts[l], Z, A, derive)
 
@@ -131,6 +169,17 @@ def _loss_and_grad_impl(params, sizes, acts, loss, x, y, labels, grad, work, sam
         small = l < L - 1 and n_in <= SMALL_INPUT and n_in <= N and N * n_in * n_out < PARALLEL_MIN_WORK
         if small:
             _layers.weight_bias_grad_small_in(D, P, gW, gb, view2d(work, zo + N * n_out if d_in_z else zo, n_in, n_out))
+        elif l < L - 1 and N * params.shape[0] < PARALLEL_MIN_WORK and _outputs_inner(n_in, n_out, N, params):
+            # Along n_l: (∂C/∂W^l)^T = (a^{l-1})^T δ^l with BP3's loop (the roles of the two
+            # operands swapped, no bias), summed in the same free buffer, then transposed into gW.
+            # Only below the parallel threshold: the parallel BP3 splits the n_l outputs between
+            # the threads, and n_{l-1} (few, here) would split them unevenly.
+            # The sums of a^{l-1}'s columns land in gW's first row until the transposition
+            # (with_bias=True: the specialisation BP3's own call compiles).
+            GT = view2d(work, zo + N * n_out if d_in_z else zo, n_in, n_out)
+            _weight_bias_grad(P, D, GT, gW[0], True)
+            _layers.bias_grad_serial(D, gb)
+            _layers.transpose_serial(GT, gW)
         elif _single(params[0]) and N >= BP3_TILE_MIN_ROWS and _page_rows(n_in, params):
             _weight_bias_grad_tiled(D, P, gW, gb, True)
         else:
@@ -143,7 +192,9 @@ def _loss_and_grad_impl(params, sizes, acts, loss, x, y, labels, grad, work, sam
     return total
 
 
-_forward_body_parallel = inlined_copy(_forward_body, "_parallel", _linear_forward=_layers.linear_forward_parallel)
+_forward_body_parallel = inlined_copy(_forward_body, "_parallel", _linear_forward=_layers.linear_forward_parallel,
+                                      _backprop_delta=_layers.backprop_delta_parallel,
+                                      _bias_activate=_layers.bias_activate_parallel)
 _forward_serial, _forward_parallel = calling_twins(_forward_impl, _forward_body=_forward_body_parallel)
 _loss_and_grad_serial, _loss_and_grad_parallel = calling_twins(
     _loss_and_grad_impl, _forward_body=_forward_body_parallel,
