@@ -48,8 +48,12 @@ def problem(name: str, dtype, seed: int = 0):
     sizes, batch, acts, loss = spec_of(name)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch, sizes[0])).astype(dtype)
-    y = rng.integers(0, sizes[-1], batch) if loss == "cross_entropy" else rng.standard_normal(
-        (batch, sizes[-1])).astype(dtype)
+    if loss == "cross_entropy":
+        y = rng.integers(0, sizes[-1], batch)
+    elif loss == "binary_cross_entropy":  # targets in {0, 1}: what the loss takes
+        y = rng.integers(0, 2, (batch, sizes[-1])).astype(dtype)
+    else:
+        y = rng.standard_normal((batch, sizes[-1])).astype(dtype)
     return dict(sizes=sizes, activations=acts, loss=loss, dtype=dtype, seed=seed), x, y
 
 

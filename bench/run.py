@@ -130,10 +130,11 @@ def contender(kind: str, config: str, dtype_name: str, repeats: int) -> dict:
         tdt = torch.float32 if dtype_name == "float32" else torch.float64
         layers = []
         sizes, acts = kw["sizes"], kw["activations"]
+        bce = kw["loss"] == "binary_cross_entropy"  # as PyTorch users write it: logits into the fused loss
         for i in range(len(sizes) - 1):
             layers.append(torch.nn.Linear(sizes[i], sizes[i + 1]).to(tdt))
             act = {"sigmoid": torch.nn.Sigmoid, "tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}.get(acts[i])
-            if act is not None:
+            if act is not None and not (bce and i == len(sizes) - 2):  # the sigmoid is in the loss
                 layers.append(act())
         model = torch.nn.Sequential(*layers)
         tx = torch.from_numpy(x)
@@ -143,7 +144,12 @@ def contender(kind: str, config: str, dtype_name: str, repeats: int) -> dict:
         def step():
             model.zero_grad(set_to_none=True)
             out = model(tx)
-            c = torch.nn.functional.cross_entropy(out, ty) if ce else 0.5 * ((out - ty) ** 2).sum() / tx.shape[0]
+            if ce:
+                c = torch.nn.functional.cross_entropy(out, ty)
+            elif bce:
+                c = torch.nn.functional.binary_cross_entropy_with_logits(out, ty, reduction="sum") / tx.shape[0]
+            else:
+                c = 0.5 * ((out - ty) ** 2).sum() / tx.shape[0]
             c.backward()
             with torch.no_grad():
                 for p in model.parameters():
