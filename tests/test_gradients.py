@@ -159,20 +159,25 @@ def test_whole_page_widths_on_both_sides_of_the_transposed_bp2(dtype, rng):
             np.testing.assert_array_equal(g2, g)
 
 
-# Narrow layer inputs: the training step runs the forward product and BP3 of 13 -> 65 and
-# 30 -> 100 along n_l, from transposed W^l and ∂C/∂W^l (config.OUTPUTS_INNER_MIN_ROWS, 64 rows),
-# the second a hidden layer that BP2 then runs back from; batches on both sides of the threshold.
+# Narrow layer inputs: the training step runs the forward product of 13 -> 65 and 30 -> 100 along
+# n_l from a transposed W^l (config.OUTPUTS_INNER_MIN_ROWS, 64 rows); below the parallel threshold
+# also BP3 into a transposed ∂C/∂W^l, and BP2 from W^T into a narrow δ^{l-1}.  The first network is
+# above the threshold at these batches, the second below it, with its narrow layer hidden (l = 1),
+# so that BP2 runs back from it; batches on both sides of 64 rows.
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_narrow_inputs_on_both_sides_of_the_outputs_inner_threshold(dtype, rng):
-    sizes = [13, 65, 30, 100, 3]
-    acts = ["tanh", "relu", "sigmoid", "softmax"]
+@pytest.mark.parametrize("sizes,acts,chosen,below", [
+    ([13, 65, 30, 100, 3], ["tanh", "relu", "sigmoid", "softmax"], [True, False, True, False], False),
+    ([20, 13, 65, 7], ["elu", "tanh", "softmax"], [False, True, False], True),
+])
+def test_narrow_inputs_on_both_sides_of_the_outputs_inner_threshold(sizes, acts, chosen, below, dtype, rng):
     like = np.zeros(1, dtype)
     assert fastbp.config.OUTPUTS_INNER_MIN_ROWS == 64
-    chosen = [NET._outputs_inner.py_func(a, b, 64, like) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
-    if fastbp.config.VECTOR_BYTES == 64:  # AVX-512 (the reference machine, CI)
-        assert chosen == [True, False, True, False], chosen  # the layers this test is about
+    if fastbp.config.VECTOR_BYTES == 64:  # AVX-512 (the reference machine, CI): the layers this test is about
+        pairs = zip(sizes[:-1], sizes[1:], strict=True)
+        assert [NET._outputs_inner.py_func(a, b, 64, like) for a, b in pairs] == chosen
     net = _net(sizes, acts, "cross_entropy", dtype)
     spec = net.spec
+    assert (67 * net.n_params < fastbp.config.PARALLEL_MIN_WORK) == below
     for n in (11, 63, 64, 67):
         x, y = random_problem(rng, sizes, n, dtype, labels=True, loss="cross_entropy")
         C, g = net.loss_and_grad(x, y)

@@ -157,8 +157,13 @@ def _loss_and_grad_impl(params, sizes, acts, loss, x, y, labels, grad, work, sam
         P = x if l == 0 else view2d(work, po, N, n_in)
         W = view2d(params, wo, n_out, n_in)
         # BP2 from W^T (in the slot of ∂C/∂W^l, which BP3 overwrites next) where rows of whole pages
-        # would slow the blocked BP2 down (config.BP2_TRANSPOSED_MIN_ROWS).
-        transposed = l > 0 and N >= BP2_TRANSPOSED_MIN_ROWS and _page_rows(n_in, params)
+        # would slow the blocked BP2 down (config.BP2_TRANSPOSED_MIN_ROWS), and, below the
+        # parallel threshold, where its loop along n_{l-1} would leave most lanes idle and one
+        # along n_l would not (config.OUTPUTS_INNER_GAIN; the parallel twin of this BP2 measured
+        # slower than the blocked one in float64 at such widths).
+        transposed = l > 0 and N >= BP2_TRANSPOSED_MIN_ROWS and (
+            _page_rows(n_in, params)
+            or (N * params.shape[0] < PARALLEL_MIN_WORK and _outputs_inner(n_in, n_out, N, params)))
         if transposed:
             WT = view2d(grad, wo, n_in, n_out)
             _transpose(W, WT)
