@@ -93,6 +93,10 @@ VECTOR_BYTES = _vector_bytes()
 #: O(n_{l-1} n_l) each, paid back from about 64 rows.
 OUTPUTS_INNER_MIN_ROWS = 64
 OUTPUTS_INNER_GAIN = 1.5
+#: ... and only from this many inputs n_{l-1} on: at 2 inputs (float32 and float64) and 4
+#: (float64) the loop along n_{l-1} is short enough that the transposed form's passes over
+#: (N, n_l) cost more than its lanes save (forward product 0.8x at 2 -> 100, N = 200, float64).
+OUTPUTS_INNER_MIN_INPUTS = 8
 
 #: BP2 on a batch of at least this many rows, where a row of δ^{l-1} or of W^l is a whole number
 #: of 4 KiB pages (widths 1024, 2048, ... in float32, 512, 1024, ... in float64), runs from a

@@ -45,6 +45,20 @@ def _within(net, x, y, C, g, sample_weight=None):
                           net.params, net.sizes, spec.activation_names, spec.loss_name, x, y, C, g, sample_weight)
 
 
+def _within_and_twins_agree(net, x, y):
+    """``MLP.loss_and_grad`` within the rounding bound, and both whole-network twins bitwise equal
+    to it."""
+    spec = net.spec
+    C, g = net.loss_and_grad(x, y)
+    _within(net, x, y, C, g)
+    yk, lab, sw = net._backend.kernel_targets(y)
+    work = np.empty(fastbp.workspace_size(net.sizes, x.shape[0]), net.dtype)
+    for twin in (NET._loss_and_grad_serial, NET._loss_and_grad_parallel):
+        g2 = np.empty_like(g)
+        assert twin(net.params, spec.sizes, spec.activations, spec.loss, x, yk, lab, g2, work, sw) == C
+        np.testing.assert_array_equal(g2, g)
+
+
 def _fd_grad(net, x, y):
     """Central differences of the float64 loss, through SciPy's adaptive jacobian."""
     sizes, acts, loss = net.spec.sizes, net.spec.activations, net.spec.loss
@@ -143,20 +157,10 @@ def test_whole_page_widths_on_both_sides_of_the_transposed_bp2(dtype, rng):
     acts = ["tanh", "relu", "elu", "identity"]
     assert fastbp.config.BP2_TRANSPOSED_MIN_ROWS == fastbp.config.BP3_TILE_MIN_ROWS == 64
     net = _net(sizes, acts, "mse", dtype)
-    spec = net.spec
     # 11 and 63 also caught the twins summing BP2's last rows (past the last block of 4) in
     # different orders (float32, before a2cd29a)
     for n in (11, 63, 64, 67):
-        x, y = random_problem(rng, sizes, n, dtype)
-        C, g = net.loss_and_grad(x, y)
-        _within(net, x, y, C, g)
-        # both whole-network twins, bitwise
-        yk, lab, sw = net._backend.kernel_targets(y)
-        work = np.empty(fastbp.workspace_size(sizes, n), dtype)
-        for twin in (NET._loss_and_grad_serial, NET._loss_and_grad_parallel):
-            g2 = np.empty_like(g)
-            assert twin(net.params, spec.sizes, spec.activations, spec.loss, x, yk, lab, g2, work, sw) == C
-            np.testing.assert_array_equal(g2, g)
+        _within_and_twins_agree(net, *random_problem(rng, sizes, n, dtype))
 
 
 # Narrow layer inputs: the training step runs the forward product of 13 -> 65 and 30 -> 100 along
@@ -175,19 +179,11 @@ def test_narrow_inputs_on_both_sides_of_the_outputs_inner_threshold(sizes, acts,
     if fastbp.config.VECTOR_BYTES == 64:  # AVX-512 (the reference machine, CI): the layers this test is about
         pairs = zip(sizes[:-1], sizes[1:], strict=True)
         assert [NET._outputs_inner.py_func(a, b, 64, like) for a, b in pairs] == chosen
+        assert not NET._outputs_inner.py_func(2, 100, 200, like)  # config.OUTPUTS_INNER_MIN_INPUTS
     net = _net(sizes, acts, "cross_entropy", dtype)
-    spec = net.spec
     assert (67 * net.n_params < fastbp.config.PARALLEL_MIN_WORK) == below
     for n in (11, 63, 64, 67):
-        x, y = random_problem(rng, sizes, n, dtype, labels=True, loss="cross_entropy")
-        C, g = net.loss_and_grad(x, y)
-        _within(net, x, y, C, g)
-        yk, lab, sw = net._backend.kernel_targets(y)
-        work = np.empty(fastbp.workspace_size(sizes, n), dtype)
-        for twin in (NET._loss_and_grad_serial, NET._loss_and_grad_parallel):
-            g2 = np.empty_like(g)
-            assert twin(net.params, spec.sizes, spec.activations, spec.loss, x, yk, lab, g2, work, sw) == C
-            np.testing.assert_array_equal(g2, g)
+        _within_and_twins_agree(net, *random_problem(rng, sizes, n, dtype, labels=True, loss="cross_entropy"))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

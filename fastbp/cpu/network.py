@@ -25,6 +25,7 @@ from ..config import (
     BP3_TILE_MIN_ROWS,
     FASTMATH,
     OUTPUTS_INNER_GAIN,
+    OUTPUTS_INNER_MIN_INPUTS,
     OUTPUTS_INNER_MIN_ROWS,
     PARALLEL_MIN_WORK,
     SMALL_INPUT,
@@ -74,7 +75,7 @@ def _outputs_inner(n_in, n_out, N, like):
     # whether the training step runs layer l's forward product and BP3 along n_l
     # (config.OUTPUTS_INNER_MIN_ROWS); n_in <= N: the transposed ∂C/∂W^l fits in a (N, n_l) buffer
     lanes = VECTOR_BYTES // like.itemsize
-    return (N >= OUTPUTS_INNER_MIN_ROWS and n_in <= N
+    return (N >= OUTPUTS_INNER_MIN_ROWS and OUTPUTS_INNER_MIN_INPUTS <= n_in <= N
             and _lane_share(n_out, lanes) >= OUTPUTS_INNER_GAIN * _lane_share(n_in, lanes))
 
 
