@@ -27,6 +27,7 @@ from ..config import (
     OUTPUTS_INNER_GAIN,
     OUTPUTS_INNER_MIN_INPUTS,
     OUTPUTS_INNER_MIN_ROWS,
+    OUTPUTS_INNER_MIN_SHARE,
     PARALLEL_MIN_WORK,
     SMALL_INPUT,
     VECTOR_BYTES,
@@ -75,8 +76,10 @@ def _outputs_inner(n_in, n_out, N, like):
     # whether the training step runs layer l's forward product and BP3 along n_l
     # (config.OUTPUTS_INNER_MIN_ROWS); n_in <= N: the transposed ∂C/∂W^l fits in a (N, n_l) buffer
     lanes = VECTOR_BYTES // like.itemsize
-    return (N >= OUTPUTS_INNER_MIN_ROWS and OUTPUTS_INNER_MIN_INPUTS <= n_in <= N
-            and _lane_share(n_out, lanes) >= OUTPUTS_INNER_GAIN * _lane_share(n_in, lanes))
+    if N < OUTPUTS_INNER_MIN_ROWS or not OUTPUTS_INNER_MIN_INPUTS <= n_in <= N:
+        return False
+    out_share = _lane_share(n_out, lanes)
+    return out_share >= OUTPUTS_INNER_MIN_SHARE and out_share >= OUTPUTS_INNER_GAIN * _lane_share(n_in, lanes)
 
 
 @njit(inline="always")
