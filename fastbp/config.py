@@ -99,8 +99,9 @@ OUTPUTS_INNER_GAIN = 1.5
 OUTPUTS_INNER_MIN_INPUTS = 8
 #: ... and where the loop along n_l keeps at least this share of the lanes busy itself: the
 #: transposed form adds passes over the (N, n_l) product (bias, activation, a scale by ones), which
-#: a short n_l does not pay back (13 -> 37 in float32, N = 1024: 0.96x for the whole step).
-OUTPUTS_INNER_MIN_SHARE = 0.5
+#: a short n_l does not pay back ([13, 37, 37, 1] at N = 1024: 0.96x for the whole step in float32,
+#: where 37 keeps 0.33 of the lanes busy, 0.95x in float64, 0.51).
+OUTPUTS_INNER_MIN_SHARE = 0.6
 
 #: BP2 on a batch of at least this many rows, where a row of δ^{l-1} or of W^l is a whole number
 #: of 4 KiB pages (widths 1024, 2048, ... in float32, 512, 1024, ... in float64), runs from a
