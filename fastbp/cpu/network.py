@@ -11,6 +11,11 @@ of z^l for hidden layers; the backward pass keeps δ^L in the z^L buffer, and δ
 (l < L) in the a^l buffer, which is free once ∂C/∂W^{l+1} has been formed, or,
 where BP2 runs from a transposed W^{l+1} (``config.BP2_TRANSPOSED_MIN_ROWS``), in
 the z^l buffer, in place of the σ'(z^l) it is scaled by.  a^L is left as it is.
+
+Layers with a narrow input (``config.OUTPUTS_INNER_*``) run the training step's forward product
+from W^T, kept in the gradient's slot of W^l until BP3 overwrites it, with ones as σ' in the a^l
+buffer until the activation replaces them; below the parallel threshold their BP3 sums the
+transposed ∂C/∂W^l in the layer's buffer that does not hold δ^l.
 """
 
 from __future__ import annotations
@@ -180,7 +185,8 @@ def _loss_and_grad_impl(params, sizes, acts, loss, x, y, labels, grad, work, sam
             _layers.weight_bias_grad_small_in(D, P, gW, gb, view2d(work, zo + N * n_out if d_in_z else zo, n_in, n_out))
         elif l < L - 1 and N * params.shape[0] < PARALLEL_MIN_WORK and _outputs_inner(n_in, n_out, N, params):
             # Along n_l: (∂C/∂W^l)^T = (a^{l-1})^T δ^l with BP3's loop (the roles of the two
-            # operands swapped, no bias), summed in the same free buffer, then transposed into gW.
+            # operands swapped; BP4 by bias_grad), summed in the same free buffer as the narrow
+            # input's, then transposed into gW.
             # Only below the parallel threshold: the parallel BP3 splits the n_l outputs between
             # the threads, and n_{l-1} (few, here) would split them unevenly.
             # The sums of a^{l-1}'s columns land in gW's first row until the transposition
