@@ -167,11 +167,13 @@ def test_whole_page_widths_on_both_sides_of_the_transposed_bp2(dtype, rng):
 # n_l from a transposed W^l (config.OUTPUTS_INNER_MIN_ROWS, 64 rows); below the parallel threshold
 # also BP3 into a transposed ∂C/∂W^l, and BP2 from W^T into a narrow δ^{l-1}.  The first network is
 # above the threshold at these batches, the second below it, with its narrow layer hidden (l = 1),
-# so that BP2 runs back from it; batches on both sides of 64 rows.
+# so that BP2 runs back from it; the third is one such layer, the output.  Batches on both sides
+# of 64 rows.
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("sizes,acts,chosen,below", [
     ([13, 65, 30, 100, 3], ["tanh", "relu", "sigmoid", "softmax"], [True, False, True, False], False),
     ([20, 13, 65, 7], ["elu", "tanh", "softmax"], [False, True, False], True),
+    ([13, 65], ["softmax"], [True], True),  # the output layer's forward product (softmax) too
 ])
 def test_narrow_inputs_on_both_sides_of_the_outputs_inner_threshold(sizes, acts, chosen, below, dtype, rng):
     like = np.zeros(1, dtype)
