@@ -153,6 +153,7 @@ def _loss_and_grad_impl(params, sizes, acts, loss, x, y, labels, grad, work, sam
     # δ^l is kept in z^l's buffer (BP1's δ^L; BP2 from W^T, which scales in place of σ'(z^{l-1}))
     # or in a^l's (the blocked BP2, which runs after BP3 has read a^{l-1}).
     d_in_z = True
+    below = N * params.shape[0] < PARALLEL_MIN_WORK  # the parallel threshold (a serial-sized step)
     for l in range(L - 1, -1, -1):
         n_in = sizes[l]
         n_out = sizes[l + 1]
@@ -165,33 +166,32 @@ def _loss_and_grad_impl(params, sizes, acts, loss, x, y, labels, grad, work, sam
         po = zo - N * n_in  # a^{l-1} (l > 0)
         P = x if l == 0 else view2d(work, po, N, n_in)
         W = view2d(params, wo, n_out, n_in)
-        # BP2 from W^T (in the slot of ∂C/∂W^l, which BP3 overwrites next) where rows of whole pages
-        # would slow the blocked BP2 down (config.BP2_TRANSPOSED_MIN_ROWS), and, below the
-        # parallel threshold, where its loop along n_{l-1} would leave most lanes idle and one
-        # along n_l would not (config.OUTPUTS_INNER_GAIN; the parallel twin of this BP2 measured
-        # slower than the blocked one in float64 at such widths).
-        transposed = l > 0 and N >= BP2_TRANSPOSED_MIN_ROWS and (
-            _page_rows(n_in, params)
-            or (N * params.shape[0] < PARALLEL_MIN_WORK and _outputs_inner(n_in, n_out, N, params)))
+        # Below the parallel threshold, a layer whose loop along n_{l-1} would leave most lanes
+        # idle and one along n_l would not (config.OUTPUTS_INNER_GAIN) runs BP2 and BP3 along n_l.
+        # Not above it: the parallel twin of that BP2 measured slower than the blocked one in
+        # float64 at such widths, and a parallel BP3 along n_l would split the few n_{l-1} rows of
+        # its transposed ∂C/∂W^l unevenly between the threads.
+        narrow = below and _outputs_inner(n_in, n_out, N, params)
+        # BP2 from W^T (in the slot of ∂C/∂W^l, which BP3 overwrites next) there, and where rows of
+        # whole pages would slow the blocked BP2 down (config.BP2_TRANSPOSED_MIN_ROWS).
+        transposed = l > 0 and N >= BP2_TRANSPOSED_MIN_ROWS and (_page_rows(n_in, params) or narrow)
         if transposed:
             WT = view2d(grad, wo, n_in, n_out)
             _transpose(W, WT)
             S = view2d(work, po - N * n_in, N, n_in)  # σ'(z^{l-1}), overwritten by δ^{l-1}
             _backprop_delta_transposed(WT, D, S, S)
         # BP3 + BP4.  A narrow input accumulates the transposed ∂C/∂W^l in whichever of the
-        # layer's two buffers does not hold δ^l (σ'(z^l) or a^l, both used up by now).
+        # layer's two buffers does not hold δ^l (σ'(z^l) or a^l, both used up by now; a^L is kept).
+        fo = zo + N * n_out if d_in_z else zo  # that buffer's offset
         small = l < L - 1 and n_in <= SMALL_INPUT and n_in <= N and N * n_in * n_out < PARALLEL_MIN_WORK
         if small:
-            _layers.weight_bias_grad_small_in(D, P, gW, gb, view2d(work, zo + N * n_out if d_in_z else zo, n_in, n_out))
-        elif l < L - 1 and N * params.shape[0] < PARALLEL_MIN_WORK and _outputs_inner(n_in, n_out, N, params):
+            _layers.weight_bias_grad_small_in(D, P, gW, gb, view2d(work, fo, n_in, n_out))
+        elif l < L - 1 and narrow:
             # Along n_l: (∂C/∂W^l)^T = (a^{l-1})^T δ^l with BP3's loop (the roles of the two
-            # operands swapped; BP4 by bias_grad), summed in the same free buffer as the narrow
-            # input's, then transposed into gW.
-            # Only below the parallel threshold: the parallel BP3 splits the n_l outputs between
-            # the threads, and n_{l-1} (few, here) would split them unevenly.
-            # The sums of a^{l-1}'s columns land in gW's first row until the transposition
-            # (with_bias=True: the specialisation BP3's own call compiles).
-            GT = view2d(work, zo + N * n_out if d_in_z else zo, n_in, n_out)
+            # operands swapped; BP4 by bias_grad), then transposed into gW.  The sums of
+            # a^{l-1}'s columns land in gW's first row until the transposition (with_bias=True:
+            # the specialisation BP3's own call compiles).
+            GT = view2d(work, fo, n_in, n_out)
             _weight_bias_grad(P, D, GT, gW[0], True)
             _layers.bias_grad_serial(D, gb)
             _layers.transpose_serial(GT, gW)
