@@ -102,8 +102,11 @@ def _forward_body(params, sizes, acts, x, work, train, derive_out=False, grad=No
         Z = view2d(work, zo, N, n_out)
         A = view2d(work, zo + N * n_out, N, n_out)
         # Training keeps σ'(z) instead of z for hidden layers (BP2 needs nothing else), and
-        # for the output layer when BP1 needs nothing else (mse, elementwise activation).
-        derive = train and (l < L - 1 or derive_out)
+        # for the output layer when BP1 needs nothing else (mse, elementwise activation).  bool():
+        # a plain bool in the forward-only twins too, where train and derive_out are the constant
+        # False, so that they call the specialisation of the layer kernels that the training step
+        # compiled (a Literal[bool] would compile another, some 2 s per twin).
+        derive = bool(train) and (l < L - 1 or bool(derive_out))
         # a^{l-1}: x, or the previous layer's activations.
         P = x if l == 0 else view2d(work, zo - N * n_in, N, n_in)
         if grad is not None and n_in <= SMALL_INPUT and N * n_in * n_out < PARALLEL_MIN_WORK:
