@@ -45,18 +45,34 @@ def _within(net, x, y, C, g, sample_weight=None):
                           net.params, net.sizes, spec.activation_names, spec.loss_name, x, y, C, g, sample_weight)
 
 
-def _within_and_twins_agree(net, x, y):
-    """``MLP.loss_and_grad`` within the rounding bound, and both whole-network twins bitwise equal
-    to it."""
+FULL_TWINS = (NET._loss_and_grad_serial, NET._loss_and_grad_parallel)
+LEAN_TWINS = (NET._loss_and_grad_serial_lean, NET._loss_and_grad_parallel_lean)
+
+
+def _run(twin, net, x, y):
     spec = net.spec
-    C, g = net.loss_and_grad(x, y)
-    _within(net, x, y, C, g)
     yk, lab, sw = net._backend.kernel_targets(y)
     work = np.empty(fastbp.workspace_size(net.sizes, x.shape[0]), net.dtype)
-    for twin in (NET._loss_and_grad_serial, NET._loss_and_grad_parallel):
-        g2 = np.empty_like(g)
-        assert twin(net.params, spec.sizes, spec.activations, spec.loss, x, yk, lab, g2, work, sw) == C
+    g = np.empty_like(net.params)
+    return twin(net.params, spec.sizes, spec.activations, spec.loss, x, yk, lab, g, work, sw), g
+
+
+def _within_and_twins_agree(net, x, y):
+    """``MLP.loss_and_grad`` within the rounding bound, and both whole-network twins bitwise equal
+    to it; the lean twins too where ``lean_suffices``, and within the bound (and equal to each
+    other) where not: they take the blocked products there, which are correct for any shape."""
+    C, g = net.loss_and_grad(x, y)
+    _within(net, x, y, C, g)
+    lean = NET.lean_suffices(net.spec.sizes, x.shape[0], net.params)
+    for twin in FULL_TWINS + LEAN_TWINS if lean else FULL_TWINS:
+        C2, g2 = _run(twin, net, x, y)
+        assert C2 == C
         np.testing.assert_array_equal(g2, g)
+    if not lean:
+        (C2, g2), (C3, g3) = (_run(twin, net, x, y) for twin in LEAN_TWINS)
+        _within(net, x, y, C2, g2)
+        assert C2 == C3
+        np.testing.assert_array_equal(g2, g3)
 
 
 def _fd_grad(net, x, y):
@@ -186,6 +202,38 @@ def test_narrow_inputs_on_both_sides_of_the_outputs_inner_threshold(sizes, acts,
     assert (67 * net.n_params < fastbp.config.PARALLEL_MIN_WORK) == below
     for n in (11, 63, 64, 67):
         _within_and_twins_agree(net, *random_problem(rng, sizes, n, dtype, labels=True, loss="cross_entropy"))
+
+
+# The lean twins of the training step (what MLP runs where every layer takes the blocked
+# products, so that a cold start compiles no other path's kernels): which shapes they take, from
+# the rules the config documents, and bitwise the full twins' results there.
+# - [65, 13, 7]: no layer input (hidden ones too) of 8 or fewer (config.SMALL_INPUT), no whole-page
+#   rows, no layer along n_l (13 and 7 outputs); [9, 11, 2] at 1 row likewise;
+# - [7, 13, 3]: a small input;
+# - [1024, 9, 3]: 4 KiB rows of x, which BP3 tiles in float32 from 64 rows (config.BP3_TILE_MIN_ROWS),
+#   not in float64;
+# - [30, 100, 1] at 200 rows: its first layer runs along n_l (config.OUTPUTS_INNER_*, on AVX-512).
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("sizes,n,lean", [
+    ([65, 13, 7], 1, True), ([65, 13, 7], 65, True), ([9, 11, 2], 1, True), ([7, 13, 3], 13, False),
+    ([1024, 9, 3], 63, True), ([1024, 9, 3], 64, "float64"), ([30, 100, 1], 200, "not AVX-512"),
+])
+def test_the_lean_twins_where_every_layer_takes_the_blocked_products(sizes, n, lean, dtype, rng):
+    if lean == "not AVX-512":
+        if fastbp.config.VECTOR_BYTES != 64:
+            pytest.skip("the lane shares of 30 and 100 are those of AVX-512")
+        lean = False
+    lean = lean is True or lean == np.dtype(dtype).name
+    net = _net(sizes, "tanh", "mse", dtype)
+    assert NET.lean_suffices(net.spec.sizes, n, net.params) == lean
+    x, y = random_problem(rng, sizes, n, dtype)
+    _within_and_twins_agree(net, x, y)
+    if lean:  # fit runs the lean epoch loop: the same steps as the full one
+        nets = [_net(sizes, "tanh", "mse", dtype) for _ in range(2)]
+        nets[1]._backend.lean = lambda *a: False
+        for m in nets:
+            m.fit(x, y, epochs=2, batch_size=max(1, n // 2), shuffle=False, verbose=False)
+        np.testing.assert_array_equal(nets[0].params, nets[1].params)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -51,6 +51,21 @@ class CpuBackend(HostBackend):
         self._no_targets = np.empty((0, int(spec.sizes[-1])), dtype=spec.dtype)
         self._no_weights = np.empty(0, dtype=spec.dtype)
         self._chunk = (None, 0)  # (config.MAX_WORKSPACE_BYTES, rows): computed by chunk_rows
+        self._lean: dict[int, bool] = {}  # batch length -> network.lean_suffices
+
+    def lean(self, params, *lengths: int) -> bool:
+        """Whether the lean twins of the training step run batches of these lengths exactly as the
+        full ones do (:func:`fastbp.cpu.network.lean_suffices`): then the model runs them, and a
+        cold start compiles only the kernels that the shape uses."""
+        for n in lengths:
+            ok = self._lean.get(n)
+            if ok is None:
+                if len(self._lean) >= 64:
+                    self._lean.clear()
+                ok = self._lean[n] = bool(_network.lean_suffices(self.spec.sizes, n, params))
+            if not ok:
+                return False
+        return True
 
     # -- scratch space ----------------------------------------------------------------------------
 
@@ -170,7 +185,11 @@ class CpuBackend(HostBackend):
         else:
             yk, lab = y, _NO_LABELS
         sw = self._no_weights if sample_weight is None else sample_weight
-        c = self._run_twin(_network._loss_and_grad_serial, _network._loss_and_grad_parallel, n, params.shape[0],
+        if self.lean(params, n):
+            serial, parallel = _network._loss_and_grad_serial_lean, _network._loss_and_grad_parallel_lean
+        else:
+            serial, parallel = _network._loss_and_grad_serial, _network._loss_and_grad_parallel
+        c = self._run_twin(serial, parallel, n, params.shape[0],
                            False, params, s.sizes, s.activations, s.loss, x, yk, lab, grad, self.workspace(n), sw)
         return float(c)
 
@@ -237,18 +256,23 @@ class CpuTrainer(HostTrainer):
         args = [self.params, s.sizes, s.activations, s.loss, self.x, self.yk, self.lab, perm[: self.rows], self.B,
                 self.opt.code, self.hp, self.state.buffer, t_epoch, self.grad, self.work, self.xb, self.yb, self.lb,
                 counters, self.sw, self.swb, min_work]
+        # The lean copies where they run every batch of the epoch as the full ones would.
+        if self.backend.lean(self.params, self.B, perm.shape[0] % self.B or self.B):
+            serial, parallel = _train.train_epoch_serial_lean, _train.train_epoch_parallel_lean
+        else:
+            serial, parallel = _train.train_epoch_serial, _train.train_epoch_parallel
         want = _network.parallel_pays(self.B, self.params.shape[0], False, min_work)
-        par = want and TIERS.ready(_train.train_epoch_parallel, s.dtype, args)
+        par = want and TIERS.ready(parallel, s.dtype, args)
         try:
             for start in range(0, perm.shape[0], self.rows):
                 args[7] = perm[start : start + self.rows]  # this slice of the epoch's minibatches
                 args[12] = t_epoch + int(counters[_train.STEPS])  # steps taken before it
                 if par:
-                    _train.train_epoch_parallel(*args)
+                    parallel(*args)
                 elif want:  # serial time that the parallel twin would have shortened
-                    TIERS.run_serial(_train.train_epoch_serial, _train.train_epoch_parallel, s.dtype, args)
+                    TIERS.run_serial(serial, parallel, s.dtype, args)
                 else:
-                    _train.train_epoch_serial(*args)
+                    serial(*args)
                 if counters[_train.DIVERGED]:
                     break
                 check_interrupt()

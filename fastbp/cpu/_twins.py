@@ -58,7 +58,7 @@ def twins(body, **options):
     return serial, parallel
 
 
-def calling_twins(body, **parallel_globals):
+def calling_twins(body, suffix: str = "", common: dict | None = None, **parallel_globals):
     """(serial, parallel) dispatchers of a function whose work is done by the twins it calls.
 
     The serial one is ``body`` compiled as it is; the parallel one is a copy of it with the global
@@ -66,10 +66,16 @@ def calling_twins(body, **parallel_globals):
     ones, and any inlined helper that calls them by a rebound copy of that helper).  Neither is
     compiled with ``parallel=True``: the parallel regions are in the callees, which are compiled
     once per signature and cached, and shared with every other caller.
+
+    With a ``suffix``, both are copies named ``<name><suffix>`` and ``<name>_parallel<suffix>``
+    with the global names in ``common`` rebound in both as well (``parallel_globals`` over them
+    in the parallel one): another pair of twins of the same body, with cache files of their own.
     """
     py = getattr(body, "py_func", body)
-    serial = cached_njit(nogil=True, fastmath=FASTMATH)(py)
-    parallel = cached_njit(nogil=True, fastmath=FASTMATH)(_renamed(py, "_parallel", **parallel_globals))
+    common = common or {}
+    serial = cached_njit(nogil=True, fastmath=FASTMATH)(_renamed(py, suffix, **common) if suffix else py)
+    parallel = cached_njit(nogil=True, fastmath=FASTMATH)(
+        _renamed(py, "_parallel" + suffix, **{**common, **parallel_globals}))
     return serial, parallel
 
 

@@ -16,6 +16,10 @@ Layers with a narrow input (``config.OUTPUTS_INNER_*``) run the training step's 
 from W^T, kept in the gradient's slot of W^l until BP3 overwrites it, with ones as σ' in the a^l
 buffer until the activation replaces them; below the parallel threshold their BP3 sums the
 transposed ∂C/∂W^l in the layer's buffer that does not hold δ^l.
+
+Each training-step twin has a lean copy with every path but the blocked products pruned before
+typing (``_ALL_PATHS``): ``MLP`` runs it where :func:`lean_suffices`, so that a cold start compiles
+only the kernels that the shape uses.
 """
 
 from __future__ import annotations
@@ -87,6 +91,46 @@ def _outputs_inner(n_in, n_out, N, like):
     return out_share >= OUTPUTS_INNER_MIN_SHARE and out_share >= OUTPUTS_INNER_GAIN * _lane_share(n_in, lanes)
 
 
+# The paths a layer's products can take in the training step (_forward_path, _backward_paths).
+_BLOCKED, _SMALL, _ALONG_OUTPUTS, _TILED = 0, 1, 2, 3
+
+# False in the lean copies of the training step (lean_suffices): every path but the blocked ones
+# is pruned from them before typing, so compiling them does not compile those paths' kernels.
+_ALL_PATHS = True
+
+
+@njit(inline="always")
+def _forward_path(n_in, n_out, N, like):
+    # the path of layer l's forward product in the training step (not only below the parallel
+    # threshold: the transposed forward's parallel twin paid in float32 at batch 200)
+    if n_in <= SMALL_INPUT and N * n_in * n_out < PARALLEL_MIN_WORK:
+        return _SMALL
+    if _outputs_inner(n_in, n_out, N, like):
+        return _ALONG_OUTPUTS
+    return _BLOCKED
+
+
+@njit(inline="always")
+def _backward_paths(l, L, n_in, n_out, N, like, below):
+    # (whether BP2 into δ^{l-1} runs from W^T, the path of BP3 + BP4) of layer l in the training step.
+    # Below the parallel threshold, a layer whose loop along n_{l-1} would leave most lanes idle and
+    # one along n_l would not (config.OUTPUTS_INNER_GAIN) runs BP2 and BP3 along n_l.  Not above
+    # it: the parallel twin of that BP2 measured slower than the blocked one in float64 at such
+    # widths, and a parallel BP3 along n_l would split the few n_{l-1} rows of its transposed
+    # ∂C/∂W^l unevenly between the threads.
+    narrow = below and _outputs_inner(n_in, n_out, N, like)
+    # BP2 from W^T there, and where rows of whole pages would slow the blocked BP2 down
+    # (config.BP2_TRANSPOSED_MIN_ROWS).
+    transposed = l > 0 and N >= BP2_TRANSPOSED_MIN_ROWS and (_page_rows(n_in, like) or narrow)
+    if l < L - 1 and n_in <= SMALL_INPUT and n_in <= N and N * n_in * n_out < PARALLEL_MIN_WORK:
+        return transposed, _SMALL
+    if l < L - 1 and narrow:
+        return transposed, _ALONG_OUTPUTS
+    if _single(like[0]) and N >= BP3_TILE_MIN_ROWS and _page_rows(n_in, like):
+        return transposed, _TILED
+    return transposed, _BLOCKED
+
+
 @njit(inline="always")
 def _forward_body(params, sizes, acts, x, work, train, derive_out=False, grad=None):
     L = sizes.shape[0] - 1
@@ -109,12 +153,15 @@ def _forward_body(params, sizes, acts, x, work, train, derive_out=False, grad=No
         derive = bool(train) and (l < L - 1 or bool(derive_out))
         # a^{l-1}: x, or the previous layer's activations.
         P = x if l == 0 else view2d(work, zo - N * n_in, N, n_in)
-        if grad is not None and n_in <= SMALL_INPUT and N * n_in * n_out < PARALLEL_MIN_WORK:
+        # (_ALL_PATHS first: a branch on it alone is pruned before typing in the lean copies, so the
+        # kernels of the paths below are neither typed nor compiled there.  grad is None likewise.)
+        path = _forward_path(n_in, n_out, N, params) if _ALL_PATHS and grad is not None else _BLOCKED
+        if _ALL_PATHS and grad is not None and path == _SMALL:
             # W^T into the gradient's slot of W^l, which BP3 overwrites later.
             WT = view2d(grad, wo, n_in, n_out)
             _layers.transpose_serial(W, WT)
             _layers.linear_forward_small_in(WT, b, P, acts[l], Z, A, derive)
-        elif grad is not None and _outputs_inner(n_in, n_out, N, params):
+        elif _ALL_PATHS and grad is not None and path == _ALONG_OUTPUTS:
             # Along n_l: Z = a^{l-1} (W^l)^T with BP2's loop, from W^T in the gradient's slot of
             # W^l (which BP3 overwrites later); then + b and σ.  BP2's loop scales by a given
             # σ'(z): ones here, in the a^l buffer.  (The same arguments' types as BP2's own call,
@@ -169,16 +216,10 @@ def _loss_and_grad_impl(params, sizes, acts, loss, x, y, labels, grad, work, sam
         po = zo - N * n_in  # a^{l-1} (l > 0)
         P = x if l == 0 else view2d(work, po, N, n_in)
         W = view2d(params, wo, n_out, n_in)
-        # Below the parallel threshold, a layer whose loop along n_{l-1} would leave most lanes
-        # idle and one along n_l would not (config.OUTPUTS_INNER_GAIN) runs BP2 and BP3 along n_l.
-        # Not above it: the parallel twin of that BP2 measured slower than the blocked one in
-        # float64 at such widths, and a parallel BP3 along n_l would split the few n_{l-1} rows of
-        # its transposed ∂C/∂W^l unevenly between the threads.
-        narrow = below and _outputs_inner(n_in, n_out, N, params)
-        # BP2 from W^T (in the slot of ∂C/∂W^l, which BP3 overwrites next) there, and where rows of
-        # whole pages would slow the blocked BP2 down (config.BP2_TRANSPOSED_MIN_ROWS).
-        transposed = l > 0 and N >= BP2_TRANSPOSED_MIN_ROWS and (_page_rows(n_in, params) or narrow)
-        if transposed:
+        # BP2 from W^T, and the path of BP3 (_backward_paths; the blocked ones in the lean copies,
+        # where _ALL_PATHS is False: each branch below tests it first, so that it is pruned).
+        transposed, bp3 = _backward_paths(l, L, n_in, n_out, N, params, below) if _ALL_PATHS else (False, _BLOCKED)
+        if _ALL_PATHS and transposed:
             WT = view2d(grad, wo, n_in, n_out)
             _transpose(W, WT)
             S = view2d(work, po - N * n_in, N, n_in)  # σ'(z^{l-1}), overwritten by δ^{l-1}
@@ -186,10 +227,9 @@ def _loss_and_grad_impl(params, sizes, acts, loss, x, y, labels, grad, work, sam
         # BP3 + BP4.  A narrow input accumulates the transposed ∂C/∂W^l in whichever of the
         # layer's two buffers does not hold δ^l (σ'(z^l) or a^l, both used up by now; a^L is kept).
         fo = zo + N * n_out if d_in_z else zo  # that buffer's offset
-        small = l < L - 1 and n_in <= SMALL_INPUT and n_in <= N and N * n_in * n_out < PARALLEL_MIN_WORK
-        if small:
+        if _ALL_PATHS and bp3 == _SMALL:
             _layers.weight_bias_grad_small_in(D, P, gW, gb, view2d(work, fo, n_in, n_out))
-        elif l < L - 1 and narrow:
+        elif _ALL_PATHS and bp3 == _ALONG_OUTPUTS:
             # Along n_l: (∂C/∂W^l)^T = (a^{l-1})^T δ^l with BP3's loop (the roles of the two
             # operands swapped; BP4 by bias_grad), then transposed into gW.  The sums of
             # a^{l-1}'s columns land in gW's first row until the transposition (with_bias=True:
@@ -198,7 +238,7 @@ def _loss_and_grad_impl(params, sizes, acts, loss, x, y, labels, grad, work, sam
             _weight_bias_grad(P, D, GT, gW[0], True)
             _layers.bias_grad_serial(D, gb)
             _layers.transpose_serial(GT, gW)
-        elif _single(params[0]) and N >= BP3_TILE_MIN_ROWS and _page_rows(n_in, params):
+        elif _ALL_PATHS and bp3 == _TILED:
             _weight_bias_grad_tiled(D, P, gW, gb, True)
         else:
             _weight_bias_grad(D, P, gW, gb, True)
@@ -210,15 +250,45 @@ def _loss_and_grad_impl(params, sizes, acts, loss, x, y, labels, grad, work, sam
     return total
 
 
+_PARALLEL_LAYERS = dict(
+    _weight_bias_grad=_layers.weight_bias_grad_parallel,
+    _weight_bias_grad_tiled=_layers.weight_bias_grad_tiled_parallel, _backprop_delta=_layers.backprop_delta_parallel,
+    _backprop_delta_transposed=_layers.backprop_delta_transposed_parallel, _transpose=_layers.transpose_parallel)
 _forward_body_parallel = inlined_copy(_forward_body, "_parallel", _linear_forward=_layers.linear_forward_parallel,
                                       _backprop_delta=_layers.backprop_delta_parallel,
                                       _bias_activate=_layers.bias_activate_parallel)
 _forward_serial, _forward_parallel = calling_twins(_forward_impl, _forward_body=_forward_body_parallel)
 _loss_and_grad_serial, _loss_and_grad_parallel = calling_twins(
-    _loss_and_grad_impl, _forward_body=_forward_body_parallel,
-    _weight_bias_grad=_layers.weight_bias_grad_parallel,
-    _weight_bias_grad_tiled=_layers.weight_bias_grad_tiled_parallel, _backprop_delta=_layers.backprop_delta_parallel,
-    _backprop_delta_transposed=_layers.backprop_delta_transposed_parallel, _transpose=_layers.transpose_parallel)
+    _loss_and_grad_impl, _forward_body=_forward_body_parallel, **_PARALLEL_LAYERS)
+# The lean twins of the training step: the blocked paths only (what MLP runs where lean_suffices).
+_loss_and_grad_serial_lean, _loss_and_grad_parallel_lean = calling_twins(
+    _loss_and_grad_impl, "_lean", {"_ALL_PATHS": False, "_forward_body": inlined_copy(_forward_body, "_lean",
+                                                                                      _ALL_PATHS=False)},
+    **{**_PARALLEL_LAYERS, "_forward_body": inlined_copy(_forward_body_parallel, "_lean", _ALL_PATHS=False)})
+
+
+@cached_njit(nogil=True)
+def lean_suffices(sizes, n_samples, params):
+    """Whether the lean twins of the training step (``_loss_and_grad_*_lean``) run it on
+    ``n_samples`` rows exactly as the full ones do: every layer takes the blocked products.
+
+    The full twins can take other paths where a layer's shape asks for them (a narrow input, rows of
+    whole pages, BP2 from W^T), and Numba compiles every kernel a function can call when it
+    compiles that function, whichever the shape at hand uses.  The lean twins are the same body
+    with those branches pruned before typing, so their first compilation skips those kernels
+    (some 5 s of a cold start).  Where this is True both give bitwise the same results; where it is
+    False the lean ones would still be correct (the blocked products, for every shape), only slower.
+    The decision is made by the same inlined functions the body branches on.
+    """
+    L = sizes.shape[0] - 1
+    below = n_samples * params.shape[0] < PARALLEL_MIN_WORK
+    for l in range(L):
+        if _forward_path(sizes[l], sizes[l + 1], n_samples, params) != _BLOCKED:
+            return False
+        transposed, bp3 = _backward_paths(l, L, sizes[l], sizes[l + 1], n_samples, params, below)
+        if transposed or bp3 != _BLOCKED:
+            return False
+    return True
 
 
 def parallel_pays(n_samples, n_params, forward_only=False, min_work=PARALLEL_MIN_WORK):

@@ -10,7 +10,13 @@ from ..activations import SIGMOID, SOFTMAX
 from ..config import FASTMATH, PARALLEL_MIN_PARAMS, PARALLEL_MIN_WORK
 from ..layout import activation_offset
 from ._twins import bound_to
-from .network import _loss_and_grad_parallel, _loss_and_grad_serial, _parallel_pays
+from .network import (
+    _loss_and_grad_parallel,
+    _loss_and_grad_parallel_lean,
+    _loss_and_grad_serial,
+    _loss_and_grad_serial_lean,
+    _parallel_pays,
+)
 from .optim import _adam_parallel, _adam_serial, clip_grad_norm, sgd_step
 
 __all__ = ["apply_step", "train_epoch"]
@@ -223,11 +229,13 @@ def train_epoch(params, sizes, acts, loss, x, y, labels, perm, batch_size, opt, 
 
 # ``MLP.fit`` picks one of these per call: each compiles only its own twin of the training step
 # (the inlined helper that calls the twins is rebound too: it resolves them in its own globals).
-train_epoch_serial = bound_to(
-    train_epoch, "_serial",
-    _loss_and_grad_twin=bound_to(_loss_and_grad_twin, "_serial", _loss_and_grad_parallel=_loss_and_grad_serial),
-)
-train_epoch_parallel = bound_to(
-    train_epoch, "_parallel",
-    _loss_and_grad_twin=bound_to(_loss_and_grad_twin, "_parallel", _loss_and_grad_serial=_loss_and_grad_parallel),
-)
+# The lean ones run the lean twins (fastbp.cpu.network.lean_suffices), where every batch allows.
+def _bound_to_step(step, suffix):
+    return bound_to(train_epoch, suffix, _loss_and_grad_twin=bound_to(
+        _loss_and_grad_twin, suffix, _loss_and_grad_serial=step, _loss_and_grad_parallel=step))
+
+
+train_epoch_serial = _bound_to_step(_loss_and_grad_serial, "_serial")
+train_epoch_parallel = _bound_to_step(_loss_and_grad_parallel, "_parallel")
+train_epoch_serial_lean = _bound_to_step(_loss_and_grad_serial_lean, "_serial_lean")
+train_epoch_parallel_lean = _bound_to_step(_loss_and_grad_parallel_lean, "_parallel_lean")
