@@ -156,19 +156,21 @@ def test_serial_and_parallel_twins_have_separate_cache_entries():
         assert serial.py_func.__qualname__.replace("_lean", "_parallel_lean") == parallel.py_func.__qualname__ \
             or serial.py_func.__qualname__ + "_parallel" == parallel.py_func.__qualname__
         assert serial._cache._cache_file._index_name != parallel._cache._cache_file._index_name
-    # The lean twins: the same body with the other paths pruned, and cache files of their own.
-    for lean, full in ((network._loss_and_grad_serial_lean, network._loss_and_grad_serial),
-                       (network._loss_and_grad_parallel_lean, network._loss_and_grad_parallel)):
-        assert lean.py_func.__code__ is full.py_func.__code__
-        assert lean._cache._cache_file._index_name != full._cache._cache_file._index_name
-        glb = lean.py_func.__globals__
-        assert glb["_ALL_PATHS"] is False and full.py_func.__globals__["_ALL_PATHS"] is True
-        assert glb["_forward_body"].py_func.__globals__["_ALL_PATHS"] is False
-        assert glb["_forward_body"].py_func.__globals__["_linear_forward"] is \
-            full.py_func.__globals__["_forward_body"].py_func.__globals__["_linear_forward"]
-        for name in rebound:
-            if name != "_linear_forward":
-                assert glb[name] is full.py_func.__globals__[name]
+    # The pruned copies: the same body with some paths' flags False, and cache files of their own.
+    flags = {0: (False, False), 1: (True, False), 2: (True, True)}
+    names = set()
+    for v, (small, other) in flags.items():
+        for twin, full in zip(network.STEP_TWINS[v], network.STEP_TWINS[2], strict=True):
+            names.add(twin._cache._cache_file._index_name)
+            assert twin.py_func.__code__ is full.py_func.__code__
+            for glb in (twin.py_func.__globals__, twin.py_func.__globals__["_forward_body"].py_func.__globals__):
+                assert (glb["_SMALL_PATHS"], glb["_OTHER_PATHS"]) == (small, other)
+            assert twin.py_func.__globals__["_forward_body"].py_func.__globals__["_linear_forward"] is \
+                full.py_func.__globals__["_forward_body"].py_func.__globals__["_linear_forward"]
+            for name in rebound:
+                if name != "_linear_forward":
+                    assert twin.py_func.__globals__[name] is full.py_func.__globals__[name]
+    assert len(names) == 6
     body = network._forward_serial.py_func.__globals__["_forward_body"]
     body_par = network._forward_parallel.py_func.__globals__["_forward_body"]
     assert network._loss_and_grad_parallel.py_func.__globals__["_forward_body"] is body_par is not body
@@ -197,8 +199,10 @@ ONLY_WHAT_RUNS = textwrap.dedent(
 
     def compiled():
         return {name: len(getattr(mod, name).overloads) for mod, names in (
-            (network, ["_forward_serial", "_forward_parallel", "_loss_and_grad_serial", "_loss_and_grad_parallel"]),
-            (train, ["train_epoch", "train_epoch_serial", "train_epoch_parallel"])) for name in names}
+            (network, ["_forward_serial", "_forward_parallel", "_loss_and_grad_serial", "_loss_and_grad_parallel",
+                       "_loss_and_grad_serial_small", "_loss_and_grad_parallel_small"]),
+            (train, ["train_epoch", "train_epoch_serial", "train_epoch_parallel", "train_epoch_serial_small",
+                     "train_epoch_parallel_small"])) for name in names}
 
     net = fastbp.MLP([5, 7, 3], ["tanh", "softmax"], "cross_entropy", seed=0)
     x = np.ones((6, 5), np.float32)
@@ -218,11 +222,12 @@ def test_a_process_compiles_only_what_it_runs():
     assert out.returncode == 0, out.stderr
     after_predict, after_fit = json.loads(out.stdout.strip().splitlines()[-1])
     assert after_predict == {**dict.fromkeys(after_predict, 0), "_forward_serial": 1}
-    # train_epoch_serial links the serial step: compiled, it compiles the step too; loaded from a
-    # warm cache, it needs nothing else.  No parallel twin either way.
-    assert after_fit.pop("_loss_and_grad_serial") in (0, 1)
-    assert after_predict.pop("_loss_and_grad_serial") == 0
-    assert after_fit == {**after_predict, "train_epoch_serial": 1}
+    # A small input (5), nothing else: the twins with the small-input paths (and no others).
+    # train_epoch_serial_small links that serial step: compiled, it compiles the step too; loaded
+    # from a warm cache, it needs nothing else.  No parallel twin either way.
+    assert after_fit.pop("_loss_and_grad_serial_small") in (0, 1)
+    assert after_predict.pop("_loss_and_grad_serial_small") == 0
+    assert after_fit == {**after_predict, "train_epoch_serial_small": 1}
 
 
 LEAN_COMPILES_LESS = textwrap.dedent(
@@ -241,8 +246,9 @@ LEAN_COMPILES_LESS = textwrap.dedent(
     print(json.dumps({name: len(getattr(mod, name).overloads) for mod, names in (
         (network, ["_loss_and_grad_serial", "_loss_and_grad_parallel", "_loss_and_grad_serial_lean"]),
         (train, ["train_epoch_serial", "train_epoch_serial_lean"]),
-        (_layers, ["linear_forward_serial", "linear_forward_small_in", "weight_bias_grad_small_in", "transpose_serial", "bias_activate_serial",
-                   "backprop_delta_transposed_serial", "weight_bias_grad_tiled_serial"])) for name in names}))
+        (_layers, ["linear_forward_serial", "linear_forward_small_in", "weight_bias_grad_small_in",
+                   "transpose_serial", "bias_activate_serial", "backprop_delta_transposed_serial",
+                   "weight_bias_grad_tiled_serial"])) for name in names}))
     """
 )
 

@@ -17,9 +17,10 @@ from W^T, kept in the gradient's slot of W^l until BP3 overwrites it, with ones 
 buffer until the activation replaces them; below the parallel threshold their BP3 sums the
 transposed ∂C/∂W^l in the layer's buffer that does not hold δ^l.
 
-Each training-step twin has a lean copy with every path but the blocked products pruned before
-typing (``_ALL_PATHS``): ``MLP`` runs it where :func:`lean_suffices`, so that a cold start compiles
-only the kernels that the shape uses.
+The training-step twins have copies with some paths pruned before typing (``_SMALL_PATHS``,
+``_OTHER_PATHS``): the lean twins take the blocked products only, the small ones those and the
+small-input kernels.  ``MLP`` runs the copies that :func:`paths_used` allows, so that a cold start
+compiles only the kernels that the shape uses.
 """
 
 from __future__ import annotations
@@ -94,9 +95,14 @@ def _outputs_inner(n_in, n_out, N, like):
 # The paths a layer's products can take in the training step (_forward_path, _backward_paths).
 _BLOCKED, _SMALL, _ALONG_OUTPUTS, _TILED = 0, 1, 2, 3
 
-# False in the lean copies of the training step (lean_suffices): every path but the blocked ones
-# is pruned from them before typing, so compiling them does not compile those paths' kernels.
-_ALL_PATHS = True
+# Whether the training step can take the small-input kernels (_SMALL), and the other paths than
+# the blocked products (_ALONG_OUTPUTS, _TILED, BP2 from W^T).  False in the copies of the twins
+# without them (paths_used): each branch into such a path tests its flag first, a branch that is
+# pruned before typing there, so compiling those copies does not compile those paths' kernels.
+_SMALL_PATHS = True
+_OTHER_PATHS = True
+# paths_used's bits
+USES_SMALL, USES_OTHER = 1, 2
 
 
 @njit(inline="always")
@@ -153,15 +159,16 @@ def _forward_body(params, sizes, acts, x, work, train, derive_out=False, grad=No
         derive = bool(train) and (l < L - 1 or bool(derive_out))
         # a^{l-1}: x, or the previous layer's activations.
         P = x if l == 0 else view2d(work, zo - N * n_in, N, n_in)
-        # (_ALL_PATHS first: a branch on it alone is pruned before typing in the lean copies, so the
-        # kernels of the paths below are neither typed nor compiled there.  grad is None likewise.)
-        path = _forward_path(n_in, n_out, N, params) if _ALL_PATHS and grad is not None else _BLOCKED
-        if _ALL_PATHS and grad is not None and path == _SMALL:
+        # (Each path's flag first: a branch on it alone is pruned before typing in the copies
+        # without that path, so its kernels are neither typed nor compiled there; where it is pruned,
+        # the blocked product below runs.  grad is None, in the forward-only twins, likewise.)
+        path = _forward_path(n_in, n_out, N, params) if grad is not None else _BLOCKED
+        if _SMALL_PATHS and grad is not None and path == _SMALL:
             # W^T into the gradient's slot of W^l, which BP3 overwrites later.
             WT = view2d(grad, wo, n_in, n_out)
             _layers.transpose_serial(W, WT)
             _layers.linear_forward_small_in(WT, b, P, acts[l], Z, A, derive)
-        elif _ALL_PATHS and grad is not None and path == _ALONG_OUTPUTS:
+        elif _OTHER_PATHS and grad is not None and path == _ALONG_OUTPUTS:
             # Along n_l: Z = a^{l-1} (W^l)^T with BP2's loop, from W^T in the gradient's slot of
             # W^l (which BP3 overwrites later); then + b and σ.  BP2's loop scales by a given
             # σ'(z): ones here, in the a^l buffer.  (The same arguments' types as BP2's own call,
@@ -216,10 +223,11 @@ def _loss_and_grad_impl(params, sizes, acts, loss, x, y, labels, grad, work, sam
         po = zo - N * n_in  # a^{l-1} (l > 0)
         P = x if l == 0 else view2d(work, po, N, n_in)
         W = view2d(params, wo, n_out, n_in)
-        # BP2 from W^T, and the path of BP3 (_backward_paths; the blocked ones in the lean copies,
-        # where _ALL_PATHS is False: each branch below tests it first, so that it is pruned).
-        transposed, bp3 = _backward_paths(l, L, n_in, n_out, N, params, below) if _ALL_PATHS else (False, _BLOCKED)
-        if _ALL_PATHS and transposed:
+        # BP2 from W^T, and the path of BP3 (_backward_paths; as in the forward pass, each branch
+        # tests its path's flag first, and the blocked products run where it is pruned).
+        transposed, bp3 = _backward_paths(l, L, n_in, n_out, N, params, below)
+        transposed = _OTHER_PATHS and transposed  # its value is used below, not only its branch
+        if _OTHER_PATHS and transposed:
             WT = view2d(grad, wo, n_in, n_out)
             _transpose(W, WT)
             S = view2d(work, po - N * n_in, N, n_in)  # σ'(z^{l-1}), overwritten by δ^{l-1}
@@ -227,9 +235,9 @@ def _loss_and_grad_impl(params, sizes, acts, loss, x, y, labels, grad, work, sam
         # BP3 + BP4.  A narrow input accumulates the transposed ∂C/∂W^l in whichever of the
         # layer's two buffers does not hold δ^l (σ'(z^l) or a^l, both used up by now; a^L is kept).
         fo = zo + N * n_out if d_in_z else zo  # that buffer's offset
-        if _ALL_PATHS and bp3 == _SMALL:
+        if _SMALL_PATHS and bp3 == _SMALL:
             _layers.weight_bias_grad_small_in(D, P, gW, gb, view2d(work, fo, n_in, n_out))
-        elif _ALL_PATHS and bp3 == _ALONG_OUTPUTS:
+        elif _OTHER_PATHS and bp3 == _ALONG_OUTPUTS:
             # Along n_l: (∂C/∂W^l)^T = (a^{l-1})^T δ^l with BP3's loop (the roles of the two
             # operands swapped; BP4 by bias_grad), then transposed into gW.  The sums of
             # a^{l-1}'s columns land in gW's first row until the transposition (with_bias=True:
@@ -238,7 +246,7 @@ def _loss_and_grad_impl(params, sizes, acts, loss, x, y, labels, grad, work, sam
             _weight_bias_grad(P, D, GT, gW[0], True)
             _layers.bias_grad_serial(D, gb)
             _layers.transpose_serial(GT, gW)
-        elif _ALL_PATHS and bp3 == _TILED:
+        elif _OTHER_PATHS and bp3 == _TILED:
             _weight_bias_grad_tiled(D, P, gW, gb, True)
         else:
             _weight_bias_grad(D, P, gW, gb, True)
@@ -260,35 +268,57 @@ _forward_body_parallel = inlined_copy(_forward_body, "_parallel", _linear_forwar
 _forward_serial, _forward_parallel = calling_twins(_forward_impl, _forward_body=_forward_body_parallel)
 _loss_and_grad_serial, _loss_and_grad_parallel = calling_twins(
     _loss_and_grad_impl, _forward_body=_forward_body_parallel, **_PARALLEL_LAYERS)
-# The lean twins of the training step: the blocked paths only (what MLP runs where lean_suffices).
-_loss_and_grad_serial_lean, _loss_and_grad_parallel_lean = calling_twins(
-    _loss_and_grad_impl, "_lean", {"_ALL_PATHS": False, "_forward_body": inlined_copy(_forward_body, "_lean",
-                                                                                      _ALL_PATHS=False)},
-    **{**_PARALLEL_LAYERS, "_forward_body": inlined_copy(_forward_body_parallel, "_lean", _ALL_PATHS=False)})
+
+
+def _pruned_twins(suffix, **flags):
+    # copies of the training-step twins with the paths in flags pruned (calling_twins)
+    body, body_parallel = (inlined_copy(f, suffix, **flags) for f in (_forward_body, _forward_body_parallel))
+    return calling_twins(_loss_and_grad_impl, suffix, {**flags, "_forward_body": body},
+                         **{**_PARALLEL_LAYERS, "_forward_body": body_parallel})
+
+
+# The blocked products only, and those and the small-input kernels.
+_loss_and_grad_serial_lean, _loss_and_grad_parallel_lean = _pruned_twins("_lean", _SMALL_PATHS=False,
+                                                                          _OTHER_PATHS=False)
+_loss_and_grad_serial_small, _loss_and_grad_parallel_small = _pruned_twins("_small", _OTHER_PATHS=False)
+#: (serial, parallel) training-step twins by paths_used: all that a call of that shape runs
+STEP_TWINS = ((_loss_and_grad_serial_lean, _loss_and_grad_parallel_lean),
+              (_loss_and_grad_serial_small, _loss_and_grad_parallel_small),
+              (_loss_and_grad_serial, _loss_and_grad_parallel),
+              (_loss_and_grad_serial, _loss_and_grad_parallel))
 
 
 @cached_njit(nogil=True)
-def lean_suffices(sizes, n_samples, params):
-    """Whether the lean twins of the training step (``_loss_and_grad_*_lean``) run it on
-    ``n_samples`` rows exactly as the full ones do: every layer takes the blocked products.
+def paths_used(sizes, n_samples, params):
+    """Which paths the training step takes on ``n_samples`` rows besides the blocked products:
+    ``USES_SMALL`` (a layer input of at most ``config.SMALL_INPUT``), ``USES_OTHER`` (a layer along
+    n_l, BP2 from W^T, the tiled BP3), or both, or 0.
 
-    The full twins can take other paths where a layer's shape asks for them (a narrow input, rows of
-    whole pages, BP2 from W^T), and Numba compiles every kernel a function can call when it
-    compiles that function, whichever the shape at hand uses.  The lean twins are the same body
-    with those branches pruned before typing, so their first compilation skips those kernels
-    (some 5 s of a cold start).  Where this is True both give bitwise the same results; where it is
-    False the lean ones would still be correct (the blocked products, for every shape), only slower.
-    The decision is made by the same inlined functions the body branches on.
+    Numba compiles every kernel a function can call when it compiles that function, whichever the
+    shape at hand uses, and the full twins of the training step can call every path's kernels.
+    ``STEP_TWINS[paths_used(...)]`` are copies of them with the paths that the call does not take
+    pruned before typing, so that their first compilation skips those kernels (some 5 s of a cold
+    start for the lean twins).  They take the same paths as the full twins on such calls (the
+    decision is made by the same inlined functions that the body branches on), so they give the same
+    results, up to the last bits: a whole-network kernel compiled in another process, with some of
+    its callees loaded from the disk cache instead of compiled alongside it, can round differently
+    (bench/RESULTS.md).  On other calls they would still be correct (a pruned path falls back to the
+    blocked product, correct for every shape), only slower.
     """
     L = sizes.shape[0] - 1
     below = n_samples * params.shape[0] < PARALLEL_MIN_WORK
+    used = 0
     for l in range(L):
-        if _forward_path(sizes[l], sizes[l + 1], n_samples, params) != _BLOCKED:
-            return False
+        path = _forward_path(sizes[l], sizes[l + 1], n_samples, params)
         transposed, bp3 = _backward_paths(l, L, sizes[l], sizes[l + 1], n_samples, params, below)
-        if transposed or bp3 != _BLOCKED:
-            return False
-    return True
+        for p in (path, bp3):
+            if p == _SMALL:
+                used |= USES_SMALL
+            elif p != _BLOCKED:
+                used |= USES_OTHER
+        if transposed:
+            used |= USES_OTHER
+    return used
 
 
 def parallel_pays(n_samples, n_params, forward_only=False, min_work=PARALLEL_MIN_WORK):

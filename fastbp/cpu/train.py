@@ -13,8 +13,10 @@ from ._twins import bound_to
 from .network import (
     _loss_and_grad_parallel,
     _loss_and_grad_parallel_lean,
+    _loss_and_grad_parallel_small,
     _loss_and_grad_serial,
     _loss_and_grad_serial_lean,
+    _loss_and_grad_serial_small,
     _parallel_pays,
 )
 from .optim import _adam_parallel, _adam_serial, clip_grad_norm, sgd_step
@@ -228,8 +230,8 @@ def train_epoch(params, sizes, acts, loss, x, y, labels, perm, batch_size, opt, 
 
 
 # ``MLP.fit`` picks one of these per call: each compiles only its own twin of the training step
-# (the inlined helper that calls the twins is rebound too: it resolves them in its own globals).
-# The lean ones run the lean twins (fastbp.cpu.network.lean_suffices), where every batch allows.
+# (the inlined helper that calls the twins is rebound too: it resolves them in its own globals),
+# and the copies of it with only the paths that the epoch's batches take (network.paths_used).
 def _bound_to_step(step, suffix):
     return bound_to(train_epoch, suffix, _loss_and_grad_twin=bound_to(
         _loss_and_grad_twin, suffix, _loss_and_grad_serial=step, _loss_and_grad_parallel=step))
@@ -237,5 +239,13 @@ def _bound_to_step(step, suffix):
 
 train_epoch_serial = _bound_to_step(_loss_and_grad_serial, "_serial")
 train_epoch_parallel = _bound_to_step(_loss_and_grad_parallel, "_parallel")
-train_epoch_serial_lean = _bound_to_step(_loss_and_grad_serial_lean, "_serial_lean")
-train_epoch_parallel_lean = _bound_to_step(_loss_and_grad_parallel_lean, "_parallel_lean")
+train_epoch_serial_lean, train_epoch_parallel_lean, train_epoch_serial_small, train_epoch_parallel_small = (
+    _bound_to_step(step, suffix) for step, suffix in zip(
+        (_loss_and_grad_serial_lean, _loss_and_grad_parallel_lean, _loss_and_grad_serial_small,
+         _loss_and_grad_parallel_small), ("_serial_lean", "_parallel_lean", "_serial_small", "_parallel_small"),
+        strict=True))
+#: (serial, parallel) epoch loops by network.paths_used, as network.STEP_TWINS
+EPOCH_TWINS = ((train_epoch_serial_lean, train_epoch_parallel_lean),
+               (train_epoch_serial_small, train_epoch_parallel_small),
+               (train_epoch_serial, train_epoch_parallel),
+               (train_epoch_serial, train_epoch_parallel))
