@@ -1,11 +1,12 @@
 """Start-up cost: wall time of fresh processes with an empty and with a warm kernel cache.
 
-    python bench/startup.py [--processes 3] [--dtypes float32 float64] [--digits] [--events]
+    python bench/startup.py [--processes 3] [--dtypes float32 float64] [--sizes 64,128,10] [--digits] [--events]
 
 Cases, each in fresh processes (medians over ``--processes``, min-max in brackets):
 
 - ``script``: the script of issue #10 -- import fastbp, build ``MLP([64, 128, 10], relu/softmax,
-  cross_entropy)``, one ``loss_and_grad`` of 64 samples, one ``predict`` -- timed phase by phase
+  cross_entropy)`` or the ``--sizes`` given, one ``loss_and_grad`` of 64 samples, one ``predict`` --
+  timed phase by phase
   (import, first ``loss_and_grad``, first ``predict``, a short ``fit``: 2 epochs of 256 samples)
   and as a whole process (interpreter start included);
 - ``digits`` (``--digits``, needs scikit-learn): load digits, build [64, 128, 10], train 20
@@ -49,13 +50,14 @@ if sys.argv[2] == "1":
     from numba.core import event as ev
     recorder = ev.install_recorder("numba:compile")  # keep a reference: collected, it uninstalls
     rec = recorder.__enter__()
-net = fastbp.MLP([64, 128, 10], ["relu", "softmax"], "cross_entropy", dtype=dtype, seed=0)
+sizes = [int(v) for v in sys.argv[3].split(",")]
+net = fastbp.MLP(sizes, ["relu"] * (len(sizes) - 2) + ["softmax"], "cross_entropy", dtype=dtype, seed=0)
 rng = np.random.default_rng(0)
-x = rng.standard_normal((64, 64)).astype(dtype)
-y = rng.integers(0, 10, 64)
+x = rng.standard_normal((64, sizes[0])).astype(dtype)
+y = rng.integers(0, sizes[-1], 64)
 t = time.perf_counter(); net.loss_and_grad(x, y); t_grad = time.perf_counter() - t
 t = time.perf_counter(); net.predict(x); t_pred = time.perf_counter() - t
-xf = rng.standard_normal((256, 64)).astype(dtype); yf = rng.integers(0, 10, 256)
+xf = rng.standard_normal((256, sizes[0])).astype(dtype); yf = rng.integers(0, sizes[-1], 256)
 t = time.perf_counter(); net.fit(xf, yf, epochs=2, batch_size=32, verbose=False); t_fit = time.perf_counter() - t
 if sys.argv[2] == "1":
     stack = []
@@ -98,9 +100,9 @@ def _env(cache: str) -> dict:
     return env
 
 
-def _script(cache: str, dtype: str, events: bool) -> dict:
+def _script(cache: str, dtype: str, events: bool, sizes: str = "64,128,10") -> dict:
     t = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", SCRIPT, dtype, "1" if events else "0"], env=_env(cache),
+    out = subprocess.run([sys.executable, "-c", SCRIPT, dtype, "1" if events else "0", sizes], env=_env(cache),
                          capture_output=True, text=True, check=True, cwd=tempfile.gettempdir())
     wall = time.perf_counter() - t
     r = json.loads(out.stdout.strip().splitlines()[-1])
@@ -128,6 +130,7 @@ def main() -> int:
     ap.add_argument("--dtypes", nargs="*", default=["float32", "float64"], help="none: the digits case only")
     ap.add_argument("--digits", action="store_true")
     ap.add_argument("--events", action="store_true")
+    ap.add_argument("--sizes", default="64,128,10", help="the script's network (relu, then softmax), e.g. 8,64,3")
     args = ap.parse_args()
 
     import numba
@@ -143,12 +146,13 @@ def main() -> int:
             cold, warm_dirs = [], []
             for i in range(args.processes):
                 cache = os.path.join(tmp, f"{dtype}-{i}")
-                cold.append(_script(cache, dtype, False))
+                cold.append(_script(cache, dtype, False, args.sizes))
                 warm_dirs.append(cache)
-            warm = [_script(warm_dirs[i % len(warm_dirs)], dtype, False) for i in range(args.processes)]
+            warm = [_script(warm_dirs[i % len(warm_dirs)], dtype, False, args.sizes) for i in range(args.processes)]
             for name, runs in (("empty", cold), ("warm", warm)):
                 cells = [_fmt([r[k] for r in runs]) for k in ("import", "grad", "predict", "fit", "wall")]
-                print(f"| issue #10, {dtype} | {name} | " + " | ".join(cells) + " |", flush=True)
+                what = "issue #10" if args.sizes == "64,128,10" else f"[{args.sizes.replace(',', ', ')}]"
+                print(f"| {what}, {dtype} | {name} | " + " | ".join(cells) + " |", flush=True)
         if args.digits:
             print()
             print("| digits, 20 epochs, whole process | cache | fastbp | scikit-learn MLPClassifier "
@@ -169,7 +173,7 @@ def main() -> int:
         if args.events and args.dtypes:
             cache = os.path.join(tmp, "events")
             for name in ("empty", "warm"):
-                r = _script(cache, args.dtypes[0], True)
+                r = _script(cache, args.dtypes[0], True, args.sizes)
                 total = sum(t for _, t in r["events"])
                 print(f"\n{name} cache, {args.dtypes[0]}: {len(r['events'])} top-level compiles, {total:.2f} s")
                 for fn, t in sorted(r["events"], key=lambda e: -e[1])[:12]:
