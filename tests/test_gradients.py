@@ -58,9 +58,9 @@ def _within_and_twins_agree(net, x, y):
     to it; the copies of them with only the paths that the call takes (``paths_used``), which the
     model runs in their place where ``config.PRUNED_TWINS``, within the bound too (their serial
     twins in float32 only: the pruning does not depend on the dtype or the twin, and each copy costs
-    seconds to compile; tests/test_cache.py checks how each is built).  Not
-    bitwise: compiled in another process, with some callees loaded from the disk cache instead of
-    compiled alongside, the same step can round differently (RESULTS.md)."""
+    seconds to compile; tests/test_cache.py checks how each is built).  Not bitwise: compiled in
+    another process, with some callees loaded from the disk cache instead of compiled alongside,
+    the same step can round differently (RESULTS.md)."""
     C, g = net.loss_and_grad(x, y)
     _within(net, x, y, C, g)
     for twin in (NET._loss_and_grad_serial, NET._loss_and_grad_parallel):
