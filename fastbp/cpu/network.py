@@ -45,7 +45,7 @@ from ..config import (
 from ..layout import activation_offset, view2d, weight_offset
 from ..losses import MSE
 from . import _layers
-from ._twins import calling_twins, inlined_copy
+from ._twins import calling_twins, inlined_copy, plain_python
 
 __all__ = ["forward", "loss_and_grad"]
 
@@ -288,7 +288,6 @@ STEP_TWINS = ((_loss_and_grad_serial_lean, _loss_and_grad_parallel_lean),
               (_loss_and_grad_serial, _loss_and_grad_parallel))
 
 
-@cached_njit(nogil=True)
 def paths_used(sizes, n_samples, params):
     """Which paths the training step takes on ``n_samples`` rows besides the blocked products:
     ``USES_SMALL`` (a layer input of at most ``config.SMALL_INPUT``), ``USES_OTHER`` (a layer along
@@ -304,6 +303,9 @@ def paths_used(sizes, n_samples, params):
     its callees loaded from the disk cache instead of compiled alongside it, can round differently
     (bench/RESULTS.md).  On other calls they would still be correct (a pruned path falls back to the
     blocked product, correct for every shape), only slower.
+
+    Plain Python (:func:`~fastbp.cpu._twins.plain_python`: the same functions, not compiled), so
+    that the choice itself compiles nothing.
     """
     L = sizes.shape[0] - 1
     below = n_samples * params.shape[0] < PARALLEL_MIN_WORK
@@ -319,6 +321,9 @@ def paths_used(sizes, n_samples, params):
         if transposed:
             used |= USES_OTHER
     return used
+
+
+paths_used = plain_python(paths_used)
 
 
 def parallel_pays(n_samples, n_params, forward_only=False, min_work=PARALLEL_MIN_WORK):
