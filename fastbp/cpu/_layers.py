@@ -34,20 +34,15 @@ from ._twins import twins
 
 
 @njit(inline="always")
-def _store(out, r, j, v, b, s, scaled):
-    # the product's epilogue: + b_j (forward), or ⊙ s_rj (BP2, where s may be ``out`` itself)
-    if scaled:
-        out[r, j] = v * s[r, j]
-    else:
-        out[r, j] = v + b[j]
-
-
-@njit(inline="always")
 def _rows_times_transpose(A, B, b, s, out, r0, scaled):
     """Rows r0 .. r0+3 (fewer at the end) of out = A B^T + b, or of out = (A B^T) ⊙ s.
 
     A is (N, m), B is (n, m): both are read along their contiguous m index, 4 rows of each at a
-    time (16 dot products), and every element of ``out`` is stored once, from registers.
+    time (16 dot products), and every element of ``out`` is stored once, from registers.  The
+    epilogue (+ b_j in the forward product, ⊙ s_rj in BP2, where ``s`` may be ``out`` itself) is
+    written out in each block rather than called: each call of an inlined helper costs Numba's
+    front end a pass of its own, and the 21 stores through one took some 0.5 s of the forward
+    product's compilation.
     """
     N = A.shape[0]
     n, m = B.shape
@@ -84,22 +79,40 @@ def _rows_times_transpose(A, B, b, s, out, r0, scaled):
                 s31 += x3 * w1
                 s32 += x3 * w2
                 s33 += x3 * w3
-            _store(out, r0, j, s00, b, s, scaled)
-            _store(out, r0, j + 1, s01, b, s, scaled)
-            _store(out, r0, j + 2, s02, b, s, scaled)
-            _store(out, r0, j + 3, s03, b, s, scaled)
-            _store(out, r0 + 1, j, s10, b, s, scaled)
-            _store(out, r0 + 1, j + 1, s11, b, s, scaled)
-            _store(out, r0 + 1, j + 2, s12, b, s, scaled)
-            _store(out, r0 + 1, j + 3, s13, b, s, scaled)
-            _store(out, r0 + 2, j, s20, b, s, scaled)
-            _store(out, r0 + 2, j + 1, s21, b, s, scaled)
-            _store(out, r0 + 2, j + 2, s22, b, s, scaled)
-            _store(out, r0 + 2, j + 3, s23, b, s, scaled)
-            _store(out, r0 + 3, j, s30, b, s, scaled)
-            _store(out, r0 + 3, j + 1, s31, b, s, scaled)
-            _store(out, r0 + 3, j + 2, s32, b, s, scaled)
-            _store(out, r0 + 3, j + 3, s33, b, s, scaled)
+            if scaled:
+                out[r0, j] = s00 * s[r0, j]
+                out[r0, j + 1] = s01 * s[r0, j + 1]
+                out[r0, j + 2] = s02 * s[r0, j + 2]
+                out[r0, j + 3] = s03 * s[r0, j + 3]
+                out[r0 + 1, j] = s10 * s[r0 + 1, j]
+                out[r0 + 1, j + 1] = s11 * s[r0 + 1, j + 1]
+                out[r0 + 1, j + 2] = s12 * s[r0 + 1, j + 2]
+                out[r0 + 1, j + 3] = s13 * s[r0 + 1, j + 3]
+                out[r0 + 2, j] = s20 * s[r0 + 2, j]
+                out[r0 + 2, j + 1] = s21 * s[r0 + 2, j + 1]
+                out[r0 + 2, j + 2] = s22 * s[r0 + 2, j + 2]
+                out[r0 + 2, j + 3] = s23 * s[r0 + 2, j + 3]
+                out[r0 + 3, j] = s30 * s[r0 + 3, j]
+                out[r0 + 3, j + 1] = s31 * s[r0 + 3, j + 1]
+                out[r0 + 3, j + 2] = s32 * s[r0 + 3, j + 2]
+                out[r0 + 3, j + 3] = s33 * s[r0 + 3, j + 3]
+            else:
+                out[r0, j] = s00 + b[j]
+                out[r0, j + 1] = s01 + b[j + 1]
+                out[r0, j + 2] = s02 + b[j + 2]
+                out[r0, j + 3] = s03 + b[j + 3]
+                out[r0 + 1, j] = s10 + b[j]
+                out[r0 + 1, j + 1] = s11 + b[j + 1]
+                out[r0 + 1, j + 2] = s12 + b[j + 2]
+                out[r0 + 1, j + 3] = s13 + b[j + 3]
+                out[r0 + 2, j] = s20 + b[j]
+                out[r0 + 2, j + 1] = s21 + b[j + 1]
+                out[r0 + 2, j + 2] = s22 + b[j + 2]
+                out[r0 + 2, j + 3] = s23 + b[j + 3]
+                out[r0 + 3, j] = s30 + b[j]
+                out[r0 + 3, j + 1] = s31 + b[j + 1]
+                out[r0 + 3, j + 2] = s32 + b[j + 2]
+                out[r0 + 3, j + 3] = s33 + b[j + 3]
             j += 4
         for jj in range(j, n):
             s0 = s1 = s2 = s3 = zero
@@ -109,17 +122,26 @@ def _rows_times_transpose(A, B, b, s, out, r0, scaled):
                 s1 += A[r0 + 1, k] * w
                 s2 += A[r0 + 2, k] * w
                 s3 += A[r0 + 3, k] * w
-            _store(out, r0, jj, s0, b, s, scaled)
-            _store(out, r0 + 1, jj, s1, b, s, scaled)
-            _store(out, r0 + 2, jj, s2, b, s, scaled)
-            _store(out, r0 + 3, jj, s3, b, s, scaled)
+            if scaled:
+                out[r0, jj] = s0 * s[r0, jj]
+                out[r0 + 1, jj] = s1 * s[r0 + 1, jj]
+                out[r0 + 2, jj] = s2 * s[r0 + 2, jj]
+                out[r0 + 3, jj] = s3 * s[r0 + 3, jj]
+            else:
+                out[r0, jj] = s0 + b[jj]
+                out[r0 + 1, jj] = s1 + b[jj]
+                out[r0 + 2, jj] = s2 + b[jj]
+                out[r0 + 3, jj] = s3 + b[jj]
     else:
         for r in range(r0, N):
             for jj in range(n):
                 acc = zero
                 for k in range(m):
                     acc += A[r, k] * B[jj, k]
-                _store(out, r, jj, acc, b, s, scaled)
+                if scaled:
+                    out[r, jj] = acc * s[r, jj]
+                else:
+                    out[r, jj] = acc + b[jj]
 
 
 def linear_forward_body(W, b, a_prev, act, z, a, derive):
