@@ -50,6 +50,6 @@ fastbp.config.PARALLEL_COMPILE_AFTER = 0.0
 
 # ... and runs the full twins of the training step: the copies with some paths pruned, which a
 # cold process compiles in their place where a shape allows (config.PRUNED_TWINS), are checked
-# against them by tests/test_gradients.py (bitwise) and tests/test_cache.py (what compiles), and
-# compiling them for every test network would cost the suite a minute.
+# against them by tests/test_gradients.py (within the rounding bound) and tests/test_cache.py (what
+# compiles), and compiling them for every test network would cost the suite a minute.
 fastbp.config.PRUNED_TWINS = False

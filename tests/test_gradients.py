@@ -60,7 +60,8 @@ def _within_and_twins_agree(net, x, y):
     twins in float32 only: the pruning does not depend on the dtype or the twin, and each copy costs
     seconds to compile; tests/test_cache.py checks how each is built).  Not bitwise: compiled in
     another process, with some callees loaded from the disk cache instead of compiled alongside,
-    the same step can round differently (RESULTS.md)."""
+    the same step rounded its loss differently (BP1's sums, compiled in order since, RESULTS.md),
+    and nothing here covers every kernel in every compile order."""
     C, g = net.loss_and_grad(x, y)
     _within(net, x, y, C, g)
     for twin in (NET._loss_and_grad_serial, NET._loss_and_grad_parallel):

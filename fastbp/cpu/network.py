@@ -300,9 +300,11 @@ def paths_used(sizes, n_samples, params):
     start for the lean twins).  They take the same paths as the full twins on such calls (the
     decision is made by the same inlined functions that the body branches on), so they give the same
     results, up to the last bits: a whole-network kernel compiled in another process, with some of
-    its callees loaded from the disk cache instead of compiled alongside it, can round differently
-    (bench/RESULTS.md).  On other calls they would still be correct (a pruned path falls back to the
-    blocked product, correct for every shape), only slower.
+    its callees loaded from the disk cache instead of compiled alongside it, rounded a cross-entropy
+    loss differently (BP1's sums, compiled in order since; bench/RESULTS.md, "Fourteenth session"),
+    and no test covers every kernel in every compile order. On other calls they would still be
+    correct (a pruned path falls back to the blocked product, correct for every shape), only
+    slower.
 
     Plain Python (:func:`~fastbp.cpu._twins.plain_python`: the same functions, not compiled), so
     that the choice itself compiles nothing.
