@@ -117,13 +117,14 @@ def _forward_path(n_in, n_out, N, like):
 
 
 @njit(inline="always")
-def _backward_paths(l, L, n_in, n_out, N, like, below):
+def _backward_paths(l, L, n_in, n_out, N, like):
     # (whether BP2 into δ^{l-1} runs from W^T, the path of BP3 + BP4) of layer l in the training step.
     # Below the parallel threshold, a layer whose loop along n_{l-1} would leave most lanes idle and
     # one along n_l would not (config.OUTPUTS_INNER_GAIN) runs BP2 and BP3 along n_l.  Not above
     # it: the parallel twin of that BP2 measured slower than the blocked one in float64 at such
     # widths, and a parallel BP3 along n_l would split the few n_{l-1} rows of its transposed
     # ∂C/∂W^l unevenly between the threads.
+    below = N * like.shape[0] < PARALLEL_MIN_WORK  # the parallel threshold (like: θ)
     narrow = below and _outputs_inner(n_in, n_out, N, like)
     # BP2 from W^T there, and where rows of whole pages would slow the blocked BP2 down
     # (config.BP2_TRANSPOSED_MIN_ROWS).
@@ -210,7 +211,6 @@ def _loss_and_grad_impl(params, sizes, acts, loss, x, y, labels, grad, work, sam
     # δ^l is kept in z^l's buffer (BP1's δ^L; BP2 from W^T, which scales in place of σ'(z^{l-1}))
     # or in a^l's (the blocked BP2, which runs after BP3 has read a^{l-1}).
     d_in_z = True
-    below = N * params.shape[0] < PARALLEL_MIN_WORK  # the parallel threshold (a serial-sized step)
     for l in range(L - 1, -1, -1):
         n_in = sizes[l]
         n_out = sizes[l + 1]
@@ -225,7 +225,7 @@ def _loss_and_grad_impl(params, sizes, acts, loss, x, y, labels, grad, work, sam
         W = view2d(params, wo, n_out, n_in)
         # BP2 from W^T, and the path of BP3 (_backward_paths; as in the forward pass, each branch
         # tests its path's flag first, and the blocked products run where it is pruned).
-        transposed, bp3 = _backward_paths(l, L, n_in, n_out, N, params, below)
+        transposed, bp3 = _backward_paths(l, L, n_in, n_out, N, params)
         transposed = _OTHER_PATHS and transposed  # its value is used below, not only its branch
         if _OTHER_PATHS and transposed:
             WT = view2d(grad, wo, n_in, n_out)
@@ -310,11 +310,10 @@ def paths_used(sizes, n_samples, params):
     that the choice itself compiles nothing.
     """
     L = sizes.shape[0] - 1
-    below = n_samples * params.shape[0] < PARALLEL_MIN_WORK
     used = 0
     for l in range(L):
         path = _forward_path(sizes[l], sizes[l + 1], n_samples, params)
-        transposed, bp3 = _backward_paths(l, L, sizes[l], sizes[l + 1], n_samples, params, below)
+        transposed, bp3 = _backward_paths(l, L, sizes[l], sizes[l + 1], n_samples, params)
         for p in (path, bp3):
             if p == _SMALL:
                 used |= USES_SMALL
