@@ -163,7 +163,7 @@ def _compile_task(dtype_name: str, task: str, ykind: str | None, weights: bool) 
             twin(*args, x, out, work)
     elif task == "loss_and_grad":
         yk, lab, swk = net._backend.kernel_targets(y, sw)
-        for twin in dict.fromkeys(t for pair in network.STEP_TWINS for t in pair):  # and the pruned copies
+        for twin in (network._loss_and_grad_serial, network._loss_and_grad_parallel):
             twin(*args, net.spec.loss, x, yk, lab, grad, work, swk)
         (_validation._label_bounds if ykind == "labels" else _validation._bounds)(y)
     elif task == "train_epoch":
@@ -172,7 +172,7 @@ def _compile_task(dtype_name: str, task: str, ykind: str | None, weights: bool) 
         yk, lab, sw = net._backend.kernel_targets(y, sw)
         xb, yb, lb, swb = np.empty_like(x), np.empty_like(yk), np.empty_like(lab), np.empty_like(sw)
         hp = hyper_vector(Adam(), 1e-3, 0.0)
-        for run in dict.fromkeys(t for pair in train.EPOCH_TWINS for t in pair):  # what fit runs, every copy
+        for run in train.EPOCH_TWINS:  # what fit runs, both twins
             run(*args, net.spec.loss, x, yk, lab, np.arange(N), N, 1, hp, state, 0, grad, work, xb, yb, lb,
                 np.zeros(6), sw, swb, 0)
     elif task == "per-layer kernels":  # fastbp.cpu's public per-layer kernels, both twins each

@@ -12,12 +12,18 @@ import os
 
 import numba
 
-#: LLVM fast-math flags for every CPU kernel.  ``reassoc`` lets reductions
-#: (dot products, column sums) vectorise; ``contract`` allows FMA.  ``nnan``
-#: and ``ninf`` are deliberately absent: they would let LLVM delete the
-#: finiteness checks (numba #2919, #6217).  ``afn`` is absent so that exp,
-#: log and erf keep libm accuracy.
-FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
+#: LLVM fast-math flags for every CPU kernel: none.  ``reassoc`` would let LLVM choose the order
+#: of a sum by the vector width, and ``contract`` where to fuse a multiply with an add, by whether
+#: the target has FMA; either makes the bits depend on the instruction set and on what a compiled
+#: copy inlines.  The products vectorise without them (``fastbp.cpu._tile``: explicit FMA, lanes
+#: across independent outputs), and so do elementwise loops.  (``nnan``/``ninf`` would also let
+#: LLVM delete finiteness checks: numba #2919, #6217.)
+FASTMATH: set[str] = set()
+
+#: Tasks a product is split into (panels of the output's columns times chunks of its rows): enough
+#: to keep a few threads busy, few enough that each task reuses its panel over many rows.  The
+#: split decides which thread computes an element, never how.
+PARALLEL_TASKS = 8
 
 #: Work (multiply-adds of one kernel call) from which the ``parallel=True``
 #: twin of a kernel is used instead of its serial twin.  A parallel region
@@ -31,12 +37,6 @@ PARALLEL_MIN_WORK = 1 << 18
 #: parallel training step costs here (12-16 s): a short script never pays for it, a long run
 #: switches after at most this much slower work.  0 compiles it at the first call that pays.
 PARALLEL_COMPILE_AFTER = 10.0
-
-#: Whether ``MLP`` runs the copies of the training step's twins that have only the paths a call
-#: takes (``fastbp.cpu.network.paths_used``: the blocked products, the small-input kernels, the
-#: others), so that a cold start compiles only the kernels its shape uses (some 5 s less on
-#: [64, 128, 10]); they take the same paths as the full twins.  False: always the full twins.
-PRUNED_TWINS = True
 
 #: Whether ``MLP`` calls that may run a whole-network kernel's parallel twin measure which twin
 #: comes round faster and run that one (:class:`fastbp._tiers.Race`); False: always the parallel one.
@@ -62,80 +62,50 @@ TWIN_SWITCH_RATIO = 0.9
 #: (numba #9288).
 PARALLEL_MIN_WORK_THREAD = 1 << 24
 
-#: Widest layer input (n_{l-1}) for which the training step computes the forward product and
-#: BP3 vectorised along the layer's outputs, from a transposed copy of W^l (kept in the gradient
-#: buffer until BP3 overwrites it) and a transposed ∂C/∂W^l (accumulated in the free z^l
-#: buffer).  The blocked kernels vectorise along n_{l-1}, which leaves 4 of 16 lanes busy at the
-#: tiny configuration's n0 = 4.
-SMALL_INPUT = 8
+#: CPU names (LLVM's) whose own features include AVX-512 or AVX2, for a ``NUMBA_CPU_NAME`` compiled
+#: with its own features (``NUMBA_CPU_FEATURES=""``); any other name is taken for SSE only.
+_AVX512_CPUS = ("x86-64-v4", "skylake-avx512", "cascadelake", "cooperlake", "cannonlake", "icelake",
+                "tigerlake", "rocketlake", "sapphirerapids", "emeraldrapids", "graniterapids",
+                "diamondrapids", "znver4", "znver5", "knl", "knm")
+_AVX2_CPUS = ("x86-64-v3", "haswell", "broadwell", "skylake", "alderlake", "raptorlake", "meteorlake",
+              "arrowlake", "lunarlake", "gracemont", "znver1", "znver2", "znver3", "bdver4")
 
 
 def _vector_bytes() -> int:
     """Width in bytes of the widest vector register Numba compiles for: 64 with AVX-512, 32 with
-    AVX2, 16 otherwise (also for a ``NUMBA_CPU_NAME`` other than the host without such features
-    named in ``NUMBA_CPU_FEATURES``)."""
-    name = numba.config.CPU_NAME
-    if name and name != "host":
-        feats = (numba.config.CPU_FEATURES or "").split(",")
-    else:
-        import llvmlite.binding as ll
+    AVX2, 16 otherwise.  Numba compiles for ``NUMBA_CPU_NAME`` (default: the host) with the
+    features in ``NUMBA_CPU_FEATURES``, or the host's when that is unset; an empty one means the
+    named CPU's own."""
+    import llvmlite.binding as ll
 
-        host = ll.get_host_cpu_features()
-        feats = [f"+{k}" for k, on in host.items() if on]
-    return 64 if "+avx512f" in feats else 32 if "+avx2" in feats else 16
+    name = numba.config.CPU_NAME or ll.get_host_cpu_name()
+    feats = numba.config.CPU_FEATURES
+    if feats is None:
+        feats = ll.get_host_cpu_features().flatten()
+    if feats:
+        on = {f[1:] for f in feats.split(",") if f.startswith("+")}
+        return 64 if "avx512f" in on else 32 if "avx2" in on else 16
+    return 64 if name.startswith(_AVX512_CPUS) else 32 if name.startswith(_AVX2_CPUS) else 16
 
 
 #: Bytes per vector register of the machine the kernels are compiled for (:func:`_vector_bytes`).
 VECTOR_BYTES = _vector_bytes()
 
-#: The training step computes a layer's forward product and BP3 along its outputs (n_l, the
-#: inner loop) instead of its inputs (n_{l-1}), from transposed copies of W^l and ∂C/∂W^l, when
-#: the batch has at least ``OUTPUTS_INNER_MIN_ROWS`` rows and the loop along n_l keeps at least
-#: ``OUTPUTS_INNER_GAIN`` times as large a share of the vector lanes busy as the loop along
-#: n_{l-1}: a loop of m iterations on v lanes runs m // v full vectors, then its last m % v
-#: iterations one at a time, so it keeps (m / v) / (m // v + m % v) of the lanes busy.  At a
-#: narrow input such as n_{l-1} = 10 or 30 (tabular data) and n_l = 100, the loop along n_{l-1}
-#: ran mostly or wholly one element at a time (bench/RESULTS.md).  The transpositions cost
-#: O(n_{l-1} n_l) each, paid back from about 64 rows.
-OUTPUTS_INNER_MIN_ROWS = 64
-OUTPUTS_INNER_GAIN = 1.5
-#: ... and only from this many inputs n_{l-1} on: at 2 inputs (float32 and float64) and 4
-#: (float64) the loop along n_{l-1} is short enough that the transposed form's passes over
-#: (N, n_l) cost more than its lanes save (forward product 0.8x at 2 -> 100, N = 200, float64).
-OUTPUTS_INNER_MIN_INPUTS = 8
-#: ... and where the loop along n_l keeps at least this share of the lanes busy itself: the
-#: transposed form adds passes over the (N, n_l) product (bias, activation, a scale by ones), which
-#: a short n_l does not pay back ([13, 37, 37, 1] at N = 1024: 0.96x for the whole step in float32,
-#: where 37 keeps 0.33 of the lanes busy, 0.95x in float64, 0.51).
-OUTPUTS_INNER_MIN_SHARE = 0.6
+#: Vector registers of that target: 32 with AVX-512, 16 with AVX2 or SSE.
+VECTOR_REGISTERS = 32 if VECTOR_BYTES == 64 else 16
 
-#: BP2 on a batch of at least this many rows, where a row of δ^{l-1} or of W^l is a whole number
-#: of 4 KiB pages (widths 1024, 2048, ... in float32, 512, 1024, ... in float64), runs from a
-#: transposed copy of W^l (in the gradient's slot of W^l, which BP3 overwrites next) with the
-#: forward product's loop: each δ^{l-1}_rk is summed in registers and stored once.  The blocked
-#: BP2 adds into rows of δ^{l-1} pass after pass, and at such widths every row of δ^{l-1} and of
-#: W^l starts at the same address modulo 4 KiB, so its time depends on where the buffers fall
-#: relative to each other: 6.9-16.4 ms at 512 x 1024 x 1024 in float32, for 64-byte shifts of
-#: one buffer, against 6.2-7.2 ms with the transposition (0.9 ms of it).  At other widths the
-#: transposition costs more than it saves (bench/RESULTS.md).
-BP2_TRANSPOSED_MIN_ROWS = 64
-
-#: BP3 in float32 on a batch of at least this many rows, where a row of a^{l-1} is a whole number
-#: of 4 KiB pages (widths 1024, 2048, ...), adds up each 4-row block of ∂C/∂W^l in a private tile
-#: that lies half a page from a^{l-1}'s rows, then copies it out.  At such widths every row of
-#: a^{l-1} and of ∂C/∂W^l starts at the same address modulo 4 KiB as the others, and when the
-#: gradient buffer sits a little past a^{l-1} the adds into ∂C/∂W^l delay the next loads of
-#: a^{l-1} (the processor takes them to depend on the stores): 7.2 ms with the tile against
-#: 14-21 ms without, at 512 x 1024 x 1024.  At other widths, and in float64, the tile measured
-#: no faster or slower (bench/RESULTS.md), so they add into the gradient's rows directly.
-BP3_TILE_MIN_ROWS = 64
+#: The micro-kernel's register tile (fastbp.cpu._tile): TILE_VECTORS vectors of B per row of the
+#: tile, and as many rows as leave one register for B's vectors and one for a broadcast:
+#: 14 x 2 on AVX-512, 6 x 2 on AVX2 (BLIS's Haswell tile).  The tile changes the speed, not the bits.
+TILE_VECTORS = 2
+TILE_ROWS = (VECTOR_REGISTERS - TILE_VECTORS - 1) // TILE_VECTORS
 
 #: Length of the parameter vector from which the optimizer update runs in parallel.
 PARALLEL_MIN_PARAMS = 1 << 13
 
 #: Largest workspace (bytes) that ``MLP.predict`` and ``MLP.evaluate`` allocate for one batch.
-#: A larger batch runs in chunks of whole 4-row blocks, so the result is bitwise the one of a
-#: single call, and memory stays bounded whatever N is.
+#: A larger batch runs in chunks (every row is computed alike wherever it falls, so the result is
+#: bitwise the one of a single call), and memory stays bounded whatever N is.
 MAX_WORKSPACE_BYTES = 64 << 20
 
 #: Multiply-adds of forward work (batch rows x parameters) per call of the compiled training

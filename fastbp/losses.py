@@ -41,14 +41,9 @@ CODES = {name: code for code, name in enumerate(NAMES)}
 REQUIRED_OUTPUT = {MSE: None, CROSS_ENTROPY: SOFTMAX, BINARY_CROSS_ENTROPY: SIGMOID}
 
 
-# Without the two fast-math flags that let LLVM reorder a sum (reassociation) and choose where to fuse a
-# multiply with an add (contraction): the training step links this function in and optimises it again
-# there, and with them the loss of a cross-entropy step came out in different last bits in a process
-# that compiled this function alongside the step and in one that loaded it from the disk cache
-# (4.3563511106703015 against 4.356351118239146 for one batch).  In order, one chain of additions made a
-# 1000-class step 15% slower; the log-sum-exp's sum below runs in four chains, which cost nothing
-# measurable (bench/RESULTS.md, "Fourteenth session").
-@cached_njit(fastmath=FASTMATH - {"reassoc", "contract"})
+# The log-sum-exp's sum of exponentials runs in four partial sums added in a fixed order: one chain
+# of dependent additions is slow for wide outputs, and LLVM may not reorder it (config.FASTMATH).
+@cached_njit(fastmath=FASTMATH)
 def output_delta_at(loss, act, z, a, y, label, scale, delta, r):
     """BP1 for sample ``r``: δ^L = ∇_a C ⊙ σ'(z^L) in row r; returns the sample's loss term.
 

@@ -47,9 +47,3 @@ def random_problem(rng, sizes, n, dtype, labels=False, loss="mse"):
 # twin at the first call where it pays, as a warm cache would give it (tiered compilation, which
 # runs the serial twin first in a cold process, is tested by tests/test_tiers.py).
 fastbp.config.PARALLEL_COMPILE_AFTER = 0.0
-
-# ... and runs the full twins of the training step: the copies with some paths pruned, which a
-# cold process compiles in their place where a shape allows (config.PRUNED_TWINS), are checked
-# against them by tests/test_gradients.py (within the rounding bound) and tests/test_cache.py (what
-# compiles), and compiling them for every test network would cost the suite a minute.
-fastbp.config.PRUNED_TWINS = False

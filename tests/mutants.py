@@ -22,42 +22,35 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LAYERS = "fastbp/cpu/_layers.py"
-_BP2_4ROW = (  # the loads of BP2's 4-row block (the 8-row one loads w4..w7 after them)
-    "                    w1 = W[j + 1, k]\n"
-    "                    w2 = W[j + 2, k]\n"
-    "                    w3 = W[j + 3, k]\n"
-    "                    delta[r0, k] += c00 * w0"
-)
+TILE = "fastbp/cpu/_tile.py"
 
 #: name -> (file, original text, mutated text): each a one-token slip a kernel author could make.
 MUTATIONS = {
-    # issue #17's example: one of the 32 products of the float32 8-sample BP3 block off by 5e-4
-    "bp3-8-sample-block-scaled-term": (
-        LAYERS, "                    gW[j0, k] += ((c00 * x0 + c01 * x1)",
-        "                    gW[j0, k] += ((c00 * x0 * 1.0005 + c01 * x1)"),
-    "bp3-sample-tail-off-by-one": (
-        LAYERS, "            for rr in range(r, N):", "            for rr in range(r + 1, N):"),
-    "bp2-8-row-block-scaled-term": (
-        LAYERS, "                        delta[r0, k] += ((c00 * w0 + c01 * w1)",
-        "                        delta[r0, k] += ((c00 * w0 * 1.0005 + c01 * w1)"),
-    "bp2-column-tail-off-by-one": (
-        LAYERS, "            for jj in range(j, n_next):", "            for jj in range(j + 1, n_next):"),
-    "bp2-swapped-index": (
-        LAYERS, _BP2_4ROW, _BP2_4ROW.replace("w1 = W[j + 1, k]", "w1 = W[j + 2, k]")),
+    # the micro-kernel that every product runs
+    "tile-k-loop-stops-one-short": (
+        TILE, "with cgutils.for_range(builder, K_) as loop:",
+        "with cgutils.for_range(builder, builder.sub(K_, one)) as loop:"),
+    "tile-row-clamp-reads-the-next-row": (
+        TILE, "builder.mul(smin(const(i), last), ars_)", "builder.mul(smin(const(i + 1), last), ars_)"),
+    "tile-masked-columns-off-by-one": (
+        TILE, "masks = [builder.icmp_signed(\"<\", lanes[v], nr_splat)",
+        "masks = [builder.icmp_signed(\"<=\", lanes[v], nr_splat)"),
+    # the products' drivers
+    "forward-bias-skips-the-last-column": (
+        LAYERS, "            for j in range(n):\n                z[r, j] += b[j]",
+        "            for j in range(n - 1):\n                z[r, j] += b[j]"),
+    "forward-pack-one-entry-scaled": (
+        LAYERS, "                    P[o + c] = M[j0 + c, k]",
+        "                    P[o + c] = M[j0 + c, k] * (1.0005 if k == 1 else 1.0)"),
+    "bp3-transposed-store-stride": (
+        LAYERS, "rows, cols, A, B, ars, aks, cis, cjs = n_in, n_out, a_prev, delta, 1, n_in, 1, n_in",
+        "rows, cols, A, B, ars, aks, cis, cjs = n_in, n_out, a_prev, delta, 1, n_in, 1, n_out"),
+    "bp4-last-sample-dropped": (
+        LAYERS, "    for r in range(N):\n        for j in range(n):\n            gb[j] += delta[r, j]",
+        "    for r in range(N - 1):\n        for j in range(n):\n            gb[j] += delta[r, j]"),
     "bp2-dropped-sigma-prime": (
         "fastbp/activations.py", "                out[r, i] = g[r, i] * derivative(code, z[r, i])",
         "                out[r, i] = g[r, i]"),
-    "forward-4x4-block-scaled-term": (
-        LAYERS, "                    s00 += x0 * w0", "                    s00 += x0 * w0 * 1.0001"),
-    # paths of the whole-network training step only (checked by the propagated network bound)
-    "small-input-forward-one-column-scaled": (
-        LAYERS,
-        "                c = a_prev[r, k]\n                for j in range(n_out):\n                    z[r, j] += c",
-        "                c = a_prev[r, k] * (1.0005 if k == 1 else 1.0)\n                for j in range(n_out):\n"
-        "                    z[r, j] += c"),
-    "small-input-bp3-last-sample-dropped": (
-        LAYERS, "    for r in range(N):\n        for j in range(n_out):\n            gb[j] += delta[r, j]",
-        "    for r in range(N - 1):\n        for j in range(n_out):\n            gb[j] += delta[r, j]"),
     "stored-sigma-prime-dropped-in-bp1": (
         LAYERS, "                delta[r, i] = w * d * z[r, i]", "                delta[r, i] = w * d"),
     "tanh-polynomial-constant": (

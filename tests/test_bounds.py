@@ -203,9 +203,8 @@ def test_the_bound_is_tight_enough_to_see_a_one_term_error():
 # ---- the whole network: a first-order error bound propagated layer by layer ----------------------
 
 NETWORKS = [
-    # (sizes, hidden activation, loss, output activation, labels): narrow inputs take the
-    # transposed small-input path of the training step (n0 <= config.SMALL_INPUT), wide ones the
-    # blocked kernels; mse with an elementwise output takes BP1 from the stored σ'.
+    # (sizes, hidden activation, loss, output activation, labels): narrow and wide layers (BP3's
+    # vectors along n_l or along n_{l-1}); mse with an elementwise output takes BP1 from the stored σ'.
     ([3, 13, 5, 1], "tanh", "mse", "identity", False),
     ([5, 9, 4], "sigmoid", "mse", "tanh", False),
     ([17, 11, 7, 3], "tanh", "cross_entropy", "softmax", True),

@@ -148,29 +148,11 @@ def test_serial_and_parallel_twins_have_separate_cache_entries():
         assert serial.targetoptions.get("parallel") is not True and parallel.targetoptions["parallel"] is True
     # The whole-network twins call the per-layer ones (the parallel twin the parallel ones).
     rebound = {"_linear_forward": "linear_forward", "_weight_bias_grad": "weight_bias_grad",
-               "_backprop_delta": "backprop_delta", "_backprop_delta_transposed": "backprop_delta_transposed",
-               "_transpose": "transpose", "_weight_bias_grad_tiled": "weight_bias_grad_tiled"}
+               "_backprop_delta": "backprop_delta"}
     for serial, parallel in ((network._forward_serial, network._forward_parallel),
-                             (network._loss_and_grad_serial, network._loss_and_grad_parallel),
-                             (network._loss_and_grad_serial_lean, network._loss_and_grad_parallel_lean)):
-        assert serial.py_func.__qualname__.replace("_lean", "_parallel_lean") == parallel.py_func.__qualname__ \
-            or serial.py_func.__qualname__ + "_parallel" == parallel.py_func.__qualname__
+                             (network._loss_and_grad_serial, network._loss_and_grad_parallel)):
+        assert serial.py_func.__qualname__ + "_parallel" == parallel.py_func.__qualname__
         assert serial._cache._cache_file._index_name != parallel._cache._cache_file._index_name
-    # The pruned copies: the same body with some paths' flags False, and cache files of their own.
-    flags = {0: (False, False), 1: (True, False), 2: (True, True)}
-    names = set()
-    for v, (small, other) in flags.items():
-        for twin, full in zip(network.STEP_TWINS[v], network.STEP_TWINS[2], strict=True):
-            names.add(twin._cache._cache_file._index_name)
-            assert twin.py_func.__code__ is full.py_func.__code__
-            for glb in (twin.py_func.__globals__, twin.py_func.__globals__["_forward_body"].py_func.__globals__):
-                assert (glb["_SMALL_PATHS"], glb["_OTHER_PATHS"]) == (small, other)
-            assert twin.py_func.__globals__["_forward_body"].py_func.__globals__["_linear_forward"] is \
-                full.py_func.__globals__["_forward_body"].py_func.__globals__["_linear_forward"]
-            for name in rebound:
-                if name != "_linear_forward":
-                    assert twin.py_func.__globals__[name] is full.py_func.__globals__[name]
-    assert len(names) == 6
     body = network._forward_serial.py_func.__globals__["_forward_body"]
     body_par = network._forward_parallel.py_func.__globals__["_forward_body"]
     assert network._loss_and_grad_parallel.py_func.__globals__["_forward_body"] is body_par is not body
@@ -196,8 +178,6 @@ ONLY_WHAT_RUNS = textwrap.dedent(
     import numpy as np
     import fastbp
     from fastbp.cpu import network, train
-
-    fastbp.config.PRUNED_TWINS = False  # the full twins, which the suite compiles anyway
 
     def compiled():
         return {name: len(getattr(mod, name).overloads) for mod, names in (
@@ -227,42 +207,6 @@ def test_a_process_compiles_only_what_it_runs():
     assert after_fit.pop("_loss_and_grad_serial") in (0, 1)
     assert after_predict.pop("_loss_and_grad_serial") == 0
     assert after_fit == {**after_predict, "train_epoch_serial": 1}
-
-
-LEAN_COMPILES_LESS = textwrap.dedent(
-    """
-    import json
-    import numpy as np
-    import fastbp
-    from fastbp.cpu import _layers, network, train
-
-    net = fastbp.MLP([9, 11, 3], ["tanh", "softmax"], "cross_entropy", seed=0)
-    x = np.ones((6, 9), np.float32)
-    y = np.zeros(6, np.int64)
-    net.loss_and_grad(x, y)
-    net.predict(x)
-    net.fit(x, y, epochs=1, batch_size=4, verbose=False)
-    print(json.dumps({name: len(getattr(mod, name).overloads) for mod, names in (
-        (network, ["_loss_and_grad_serial", "_loss_and_grad_parallel", "_loss_and_grad_serial_lean"]),
-        (train, ["train_epoch_serial", "train_epoch_serial_lean"]),
-        (_layers, ["linear_forward_serial", "linear_forward_small_in", "weight_bias_grad_small_in",
-                   "transpose_serial", "bias_activate_serial", "backprop_delta_transposed_serial",
-                   "weight_bias_grad_tiled_serial"])) for name in names}))
-    """
-)
-
-
-def test_a_shape_of_blocked_products_compiles_no_other_paths_kernels():
-    """[9, 11, 3] takes the blocked products only: the model runs the lean twins, whose compilation
-    (or cache load) compiles none of the other paths' kernels (some 5 s of a cold start); and
-    predict runs the specialisation of the forward product that the training step compiled."""
-    out = subprocess.run([sys.executable, "-c", LEAN_COMPILES_LESS], capture_output=True, text=True, timeout=600,
-                         cwd=ROOT)
-    assert out.returncode == 0, out.stderr
-    counts = json.loads(out.stdout.strip().splitlines()[-1])
-    assert counts.pop("_loss_and_grad_serial_lean") == counts.pop("train_epoch_serial_lean") == 1
-    assert counts.pop("linear_forward_serial") in (0, 1)  # 0: the twins loaded from a warm cache
-    assert counts == dict.fromkeys(counts, 0)
 
 
 def test_every_compiled_function_is_cached():

@@ -55,23 +55,13 @@ def _run(twin, net, x, y):
 
 def _within_and_twins_agree(net, x, y):
     """``MLP.loss_and_grad`` within the rounding bound, and both whole-network twins bitwise equal
-    to it; the copies of them with only the paths that the call takes (``paths_used``), which the
-    model runs in their place where ``config.PRUNED_TWINS``, within the bound too (their serial
-    twins in float32 only: the pruning does not depend on the dtype or the twin, and each copy costs
-    seconds to compile; tests/test_cache.py checks how each is built).  Not bitwise: compiled in
-    another process, with some callees loaded from the disk cache instead of compiled alongside,
-    the same step rounded its loss differently (BP1's sums, compiled in order since, RESULTS.md),
-    and nothing here covers every kernel in every compile order."""
+    to it."""
     C, g = net.loss_and_grad(x, y)
     _within(net, x, y, C, g)
     for twin in (NET._loss_and_grad_serial, NET._loss_and_grad_parallel):
         C2, g2 = _run(twin, net, x, y)
         assert C2 == C
         np.testing.assert_array_equal(g2, g)
-    used = NET.paths_used(net.spec.sizes, x.shape[0], net.params)
-    if used != NET.USES_SMALL | NET.USES_OTHER and net.dtype == np.float32:
-        for twin in NET.STEP_TWINS[used][:1]:  # the serial twins: each copy costs seconds to compile
-            _within(net, x, y, *_run(twin, net, x, y))
 
 
 def _fd_grad(net, x, y):
@@ -160,86 +150,32 @@ def test_odd_sizes_and_batch_one(sizes, dtype, rng):
         _within(net, x, y, C, g)
 
 
-# Widths whose rows are whole 4 KiB pages (1024 in float32, 512 in float64) take BP2 from a
-# transposed W^l and, in float32, BP3 through a private tile, from config.BP2_TRANSPOSED_MIN_ROWS
-# and config.BP3_TILE_MIN_ROWS rows on (64): batches on both sides of that.  The layers mix
-# both BP2s, so δ^l alternates between the z^l and a^l buffers, and the narrow first layer's
-# BP3 takes its scratch from whichever of them δ does not occupy.
+# Widths whose rows are whole 4 KiB pages (1024 in float32, 512 in float64), where rows of W^l
+# and of the activations fall on the same cache sets, beside narrow ones: batches that no row tile
+# divides, on both sides of the tile heights (6 on AVX2, 14 on AVX-512).
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_whole_page_widths_on_both_sides_of_the_transposed_bp2(dtype, rng):
+def test_whole_page_widths(dtype, rng):
     page = 4096 // np.dtype(dtype).itemsize
     sizes = [3, page, 7, page, 2]
     acts = ["tanh", "relu", "elu", "identity"]
-    assert fastbp.config.BP2_TRANSPOSED_MIN_ROWS == fastbp.config.BP3_TILE_MIN_ROWS == 64
     net = _net(sizes, acts, "mse", dtype)
-    # 11 and 63 also caught the twins summing BP2's last rows (past the last block of 4) in
-    # different orders (float32, before a2cd29a)
     for n in (11, 63, 64, 67):
         _within_and_twins_agree(net, *random_problem(rng, sizes, n, dtype))
 
 
-# Narrow layer inputs: the training step runs the forward product of 13 -> 65 and 30 -> 100 along
-# n_l from a transposed W^l (config.OUTPUTS_INNER_MIN_ROWS, 64 rows); below the parallel threshold
-# also BP3 into a transposed ∂C/∂W^l, and BP2 from W^T into a narrow δ^{l-1}.  The first network is
-# above the threshold at these batches, the second below it, with its narrow layer hidden (l = 1),
-# so that BP2 runs back from it; the third is one such layer, the output.  Batches on both sides
-# of 64 rows.
+# Narrow and wide layers side by side: BP3 runs its vectors along n_{l-1} or along n_l, whichever
+# wastes fewer lanes, and panels end part-way at widths that no panel divides.  The first network
+# is above the parallel threshold at these batches, the second below it, the third one softmax layer.
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("sizes,acts,chosen,below", [
-    ([13, 65, 30, 100, 3], ["tanh", "relu", "sigmoid", "softmax"], [True, False, True, False], False),
-    ([20, 13, 65, 7], ["elu", "tanh", "softmax"], [False, True, False], True),
-    ([13, 65], ["softmax"], [True], True),  # the output layer's forward product (softmax) too
+@pytest.mark.parametrize("sizes,acts", [
+    ([13, 65, 30, 100, 3], ["tanh", "relu", "sigmoid", "softmax"]),
+    ([20, 13, 65, 7], ["elu", "tanh", "softmax"]),
+    ([13, 65], ["softmax"]),
 ])
-def test_narrow_inputs_on_both_sides_of_the_outputs_inner_threshold(sizes, acts, chosen, below, dtype, rng):
-    like = np.zeros(1, dtype)
-    assert fastbp.config.OUTPUTS_INNER_MIN_ROWS == 64
-    if fastbp.config.VECTOR_BYTES == 64:  # AVX-512 (the reference machine, CI): the layers this test is about
-        pairs = zip(sizes[:-1], sizes[1:], strict=True)
-        assert [NET._outputs_inner.py_func(a, b, 64, like) for a, b in pairs] == chosen
-        assert not NET._outputs_inner.py_func(2, 100, 200, like)  # config.OUTPUTS_INNER_MIN_INPUTS
+def test_narrow_and_wide_layers(sizes, acts, dtype, rng):
     net = _net(sizes, acts, "cross_entropy", dtype)
-    assert (67 * net.n_params < fastbp.config.PARALLEL_MIN_WORK) == below
-    for n in (11, 63, 64, 67):
+    for n in (1, 11, 63, 64, 67):
         _within_and_twins_agree(net, *random_problem(rng, sizes, n, dtype, labels=True, loss="cross_entropy"))
-
-
-# The copies of the training-step twins with some paths pruned (what MLP runs where a shape takes
-# no other paths, config.PRUNED_TWINS, so that a cold start compiles no other path's kernels):
-# which paths shapes take, from the rules the config documents, and the full twins' results
-# (within the rounding bound) where they suffice.
-# - [65, 13, 7]: no layer input (hidden ones too) of 8 or fewer (config.SMALL_INPUT), no whole-page
-#   rows, no layer along n_l (13 and 7 outputs); [9, 11, 2] at 1 row likewise;
-# - [7, 13, 3]: a small input, and nothing else;
-# - [1024, 9, 3]: 4 KiB rows of x, which BP3 tiles in float32 from 64 rows (config.BP3_TILE_MIN_ROWS),
-#   not in float64;
-# - [3, 1024, 2] at 64 rows: a small input, and BP2 from W^T into 4 KiB rows (in float64 too);
-# - [30, 100, 1] at 200 rows: its first layer runs along n_l (config.OUTPUTS_INNER_*, on AVX-512).
-SMALL, OTHER = NET.USES_SMALL, NET.USES_OTHER
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("sizes,n,used", [
-    ([65, 13, 7], 1, 0), ([65, 13, 7], 65, 0), ([9, 11, 2], 1, 0), ([7, 13, 3], 13, SMALL),
-    ([1024, 9, 3], 63, 0), ([1024, 9, 3], 64, {"float32": OTHER, "float64": 0}), ([3, 1024, 2], 64, SMALL | OTHER),
-    ([30, 100, 1], 200, "AVX-512"),
-])
-def test_the_twins_pruned_to_the_paths_a_shape_takes(sizes, n, used, dtype, rng, monkeypatch):
-    if used == "AVX-512":
-        if fastbp.config.VECTOR_BYTES != 64:
-            pytest.skip("the lane shares of 30 and 100 are those of AVX-512")
-        used = OTHER
-    used = used[np.dtype(dtype).name] if isinstance(used, dict) else used
-    net = _net(sizes, "tanh", "mse", dtype)
-    assert NET.paths_used(net.spec.sizes, n, net.params) == used
-    x, y = random_problem(rng, sizes, n, dtype)
-    _within_and_twins_agree(net, x, y)  # the full twins through the model (conftest), and the pruned
-    monkeypatch.setattr(fastbp.config, "PRUNED_TWINS", True)  # as a user's process runs
-    assert net._backend.paths(net.params, n) == used
-    _within(net, x, y, *net.loss_and_grad(x, y))
-    if used == SMALL | OTHER:
-        # Where a path is pruned, the blocked products run: slower there, but still right.
-        for twin in (NET.STEP_TWINS[0][0], NET.STEP_TWINS[SMALL][0]) if dtype == np.float32 else ():
-            _within(net, x, y, *_run(twin, net, x, y))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

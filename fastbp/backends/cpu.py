@@ -51,24 +51,6 @@ class CpuBackend(HostBackend):
         self._no_targets = np.empty((0, int(spec.sizes[-1])), dtype=spec.dtype)
         self._no_weights = np.empty(0, dtype=spec.dtype)
         self._chunk = (None, 0)  # (config.MAX_WORKSPACE_BYTES, rows): computed by chunk_rows
-        self._paths: dict[int, int] = {}  # batch length -> network.paths_used
-
-    def paths(self, params, *lengths: int) -> int:
-        """The paths besides the blocked products that the training step takes on batches of these
-        lengths (:func:`fastbp.cpu.network.paths_used`): the model runs the twins that have those
-        paths only (``STEP_TWINS``), so that a cold start compiles only the kernels that the shape
-        uses.  All of them (the full twins) where ``config.PRUNED_TWINS`` is False."""
-        if not _config.PRUNED_TWINS:
-            return _network.USES_SMALL | _network.USES_OTHER
-        used = 0
-        for n in lengths:
-            p = self._paths.get(n)
-            if p is None:
-                if len(self._paths) >= 64:
-                    self._paths.clear()
-                p = self._paths[n] = int(_network.paths_used(self.spec.sizes, n, params))
-            used |= p
-        return used
 
     # -- scratch space ----------------------------------------------------------------------------
 
@@ -90,8 +72,8 @@ class CpuBackend(HostBackend):
         return w
 
     def chunk_rows(self) -> int:
-        """Rows of a batch whose workspace fits in ``config.MAX_WORKSPACE_BYTES`` (a multiple of 4,
-        the row block of the forward product, so chunking leaves every result bitwise the same)."""
+        """Rows of a batch whose workspace fits in ``config.MAX_WORKSPACE_BYTES`` (a multiple of 4;
+        every row is computed alike wherever it falls, so chunking leaves every result bitwise the same)."""
         limit = _config.MAX_WORKSPACE_BYTES
         if self._chunk[0] != limit:
             per_row = workspace_size(self.spec.sizes, 1) * self.spec.dtype.itemsize
@@ -188,8 +170,7 @@ class CpuBackend(HostBackend):
         else:
             yk, lab = y, _NO_LABELS
         sw = self._no_weights if sample_weight is None else sample_weight
-        serial, parallel = _network.STEP_TWINS[self.paths(params, n)]
-        c = self._run_twin(serial, parallel, n, params.shape[0],
+        c = self._run_twin(_network._loss_and_grad_serial, _network._loss_and_grad_parallel, n, params.shape[0],
                            False, params, s.sizes, s.activations, s.loss, x, yk, lab, grad, self.workspace(n), sw)
         return float(c)
 
@@ -256,8 +237,7 @@ class CpuTrainer(HostTrainer):
         args = [self.params, s.sizes, s.activations, s.loss, self.x, self.yk, self.lab, perm[: self.rows], self.B,
                 self.opt.code, self.hp, self.state.buffer, t_epoch, self.grad, self.work, self.xb, self.yb, self.lb,
                 counters, self.sw, self.swb, min_work]
-        # The copies with the paths that the epoch's batches take (the last one may be shorter).
-        serial, parallel = _train.EPOCH_TWINS[self.backend.paths(self.params, self.B, perm.shape[0] % self.B or self.B)]
+        serial, parallel = _train.EPOCH_TWINS
         want = _network.parallel_pays(self.B, self.params.shape[0], False, min_work)
         par = want and TIERS.ready(parallel, s.dtype, args)
         try:

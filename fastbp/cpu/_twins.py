@@ -18,7 +18,6 @@ from __future__ import annotations
 import types
 
 from numba import njit
-from numba.core.dispatcher import Dispatcher
 
 from .._cache import cached_njit
 from ..config import FASTMATH
@@ -84,22 +83,3 @@ def inlined_copy(helper, suffix: str, **rebind):
     """An ``inline="always"`` copy of the inlined helper ``helper`` with some global names rebound
     (an inlined function resolves global names in its own module's globals)."""
     return njit(inline="always")(_renamed(helper.py_func, suffix, **rebind))
-
-
-def plain_python(func, _done=None):
-    """The Python function of ``func`` (a compiled function or a plain one) with every compiled
-    function that it names among its globals replaced, recursively, by such a plain copy of that
-    function's own Python code: it runs from Python and compiles nothing.  (A dispatcher called from
-    Python compiles itself first: 0.4 s of a cold start for the few integer rules of
-    ``fastbp.cpu.network.paths_used``.)  The copies get their own globals dicts, snapshots taken now.
-    """
-    done = {} if _done is None else _done
-    py = getattr(func, "py_func", func)
-    if py not in done:
-        f = done[py] = types.FunctionType(py.__code__, dict(py.__globals__), py.__name__, py.__defaults__,
-                                          py.__closure__)
-        f.__kwdefaults__ = py.__kwdefaults__
-        for name in py.__code__.co_names:  # (recorded first: a function that calls itself finds f)
-            if isinstance(py.__globals__.get(name), Dispatcher):
-                f.__globals__[name] = plain_python(py.__globals__[name], done)
-    return done[py]

@@ -12,6 +12,8 @@ not checked here: these are the trusting inner layer of the library).
 
 from __future__ import annotations
 
+import numpy as np
+
 from .._cache import cached_njit
 from ..config import FASTMATH, PARALLEL_MIN_WORK
 from . import _layers
@@ -35,25 +37,25 @@ _dispatch = cached_njit(nogil=True, fastmath=FASTMATH)
 @_dispatch
 def linear_forward_serial(W, b, a_prev, act, z, a):
     """Serial twin of :func:`linear_forward`."""
-    _layers.linear_forward_serial(W, b, a_prev, act, z, a, False)
+    _layers.linear_forward_serial(W, b, a_prev, act, z, a, False, _pack(W))
 
 
 @_dispatch
 def linear_forward_parallel(W, b, a_prev, act, z, a):
     """``parallel=True`` twin of :func:`linear_forward`."""
-    _layers.linear_forward_parallel(W, b, a_prev, act, z, a, False)
+    _layers.linear_forward_parallel(W, b, a_prev, act, z, a, False, _pack(W))
 
 
 @_dispatch
 def backprop_delta_serial(W_next, delta_next, z, act, delta):
     """Serial twin of :func:`backprop_delta`."""
-    _layers.backprop_delta_serial(W_next, delta_next, z, act, delta, False)
+    _layers.backprop_delta_serial(W_next, delta_next, z, act, delta, False, _pack(W_next))
 
 
 @_dispatch
 def backprop_delta_parallel(W_next, delta_next, z, act, delta):
     """``parallel=True`` twin of :func:`backprop_delta`."""
-    _layers.backprop_delta_parallel(W_next, delta_next, z, act, delta, False)
+    _layers.backprop_delta_parallel(W_next, delta_next, z, act, delta, False, _pack(W_next))
 
 
 @_dispatch
@@ -78,6 +80,12 @@ def weight_bias_grad_serial(delta, a_prev, grad_W, grad_b):
 def weight_bias_grad_parallel(delta, a_prev, grad_W, grad_b):
     """``parallel=True`` twin of :func:`weight_bias_grad`."""
     _layers.weight_bias_grad_parallel(delta, a_prev, grad_W, grad_b, True)
+
+
+@cached_njit(nogil=True)
+def _pack(W):
+    # the buffer in which a product packs W (the whole-network kernels use their workspace's)
+    return np.empty(W.size, W.dtype)
 
 
 bias_grad_serial = _layers.bias_grad_serial
@@ -108,9 +116,9 @@ def linear_forward(W, b, a_prev, act, z, a):
         Outputs; ``a`` may be ``z`` when z^l is not needed.
     """
     if _parallel_pays(a_prev.shape[0] * W.shape[0] * W.shape[1]):
-        _layers.linear_forward_parallel(W, b, a_prev, act, z, a, False)
+        _layers.linear_forward_parallel(W, b, a_prev, act, z, a, False, _pack(W))
     else:
-        _layers.linear_forward_serial(W, b, a_prev, act, z, a, False)
+        _layers.linear_forward_serial(W, b, a_prev, act, z, a, False, _pack(W))
 
 
 @_dispatch
@@ -163,9 +171,9 @@ def backprop_delta(W_next, delta_next, z, act, delta):
         Output δ^l; must not alias ``z`` or ``delta_next``.
     """
     if _parallel_pays(z.shape[0] * W_next.shape[0] * W_next.shape[1]):
-        _layers.backprop_delta_parallel(W_next, delta_next, z, act, delta, False)
+        _layers.backprop_delta_parallel(W_next, delta_next, z, act, delta, False, _pack(W_next))
     else:
-        _layers.backprop_delta_serial(W_next, delta_next, z, act, delta, False)
+        _layers.backprop_delta_serial(W_next, delta_next, z, act, delta, False, _pack(W_next))
 
 
 @_dispatch

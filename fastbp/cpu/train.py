@@ -10,7 +10,7 @@ from ..activations import SIGMOID, SOFTMAX
 from ..config import FASTMATH, PARALLEL_MIN_PARAMS, PARALLEL_MIN_WORK
 from ..layout import activation_offset
 from ._twins import bound_to
-from .network import STEP_TWINS, USES_OTHER, USES_SMALL, _loss_and_grad_parallel, _loss_and_grad_serial, _parallel_pays
+from .network import _loss_and_grad_parallel, _loss_and_grad_serial, _parallel_pays
 from .optim import _adam_parallel, _adam_serial, clip_grad_norm, sgd_step
 
 __all__ = ["apply_step", "train_epoch"]
@@ -222,25 +222,13 @@ def train_epoch(params, sizes, acts, loss, x, y, labels, perm, batch_size, opt, 
 
 
 # ``MLP.fit`` picks one of these per call: each compiles only its own twin of the training step
-# (the inlined helper that calls the twins is rebound too: it resolves them in its own globals),
-# and the copies of it with only the paths that the epoch's batches take (network.paths_used).
+# (the inlined helper that calls the twins is rebound too: it resolves them in its own globals).
 def _bound_to_step(step, suffix):
     return bound_to(train_epoch, suffix, _loss_and_grad_twin=bound_to(
         _loss_and_grad_twin, suffix, _loss_and_grad_serial=step, _loss_and_grad_parallel=step))
 
 
-def _epoch_loops():
-    # network.STEP_TWINS's pairs, each twin replaced by the epoch loop bound to it (one per twin:
-    # the full pair stands there twice)
-    bound = {}
-    for pair, paths in zip(STEP_TWINS, ("_lean", "_small", "", ""), strict=True):
-        for step, twin in zip(pair, ("_serial", "_parallel"), strict=True):
-            if step not in bound:
-                bound[step] = _bound_to_step(step, twin + paths)
-    return tuple((bound[serial], bound[parallel]) for serial, parallel in STEP_TWINS)
-
-
-#: (serial, parallel) epoch loops by network.paths_used, bound to the twins of network.STEP_TWINS
-EPOCH_TWINS = _epoch_loops()
-train_epoch_serial, train_epoch_parallel = EPOCH_TWINS[USES_SMALL | USES_OTHER]
-train_epoch_serial_lean = EPOCH_TWINS[0][0]
+train_epoch_serial = _bound_to_step(_loss_and_grad_serial, "_serial")
+train_epoch_parallel = _bound_to_step(_loss_and_grad_parallel, "_parallel")
+#: (serial, parallel) epoch loops
+EPOCH_TWINS = (train_epoch_serial, train_epoch_parallel)
