@@ -1,0 +1,64 @@
+"""The same inputs give the same bits whatever the thread count, the twin and the instruction set.
+
+Every product sums each element in one fixed order with explicit fused multiply-adds
+(``fastbp.cpu._tile``), and no kernel is compiled with fast-math flags that would let LLVM reorder
+a sum or fuse a multiply-add of its own choosing.  So the loss, the gradient, ``predict`` and θ
+after ``fit`` must be bitwise those of this process in a subprocess with another
+``NUMBA_NUM_THREADS``, and in one compiled for another CPU: ``NUMBA_CPU_NAME=haswell`` (AVX2 and
+FMA) and ``x86-64-v2`` (SSE4.2, no FMA: ``llvm.fma`` in software), each with
+``NUMBA_CPU_FEATURES`` empty (that CPU's own features: Numba otherwise adds the host's) and a
+cache directory of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from . import bits_case
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def here():
+    return bits_case.results()
+
+
+def _run(tmp_path, env_extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_")}
+    env.update(env_extra)
+    out = tmp_path / "bits.npz"
+    subprocess.run([sys.executable, "-m", "tests.bits_case", str(out)], cwd=ROOT, env=env, check=True,
+                   timeout=600)
+    with np.load(out) as f:
+        return {k: f[k] for k in f.files}
+
+
+def _assert_same(got, here):
+    assert sorted(got) == sorted(here)
+    for k in here:
+        np.testing.assert_array_equal(got[k], here[k], err_msg=k, strict=True)
+
+
+def test_the_twins_agree_in_this_process(here):
+    for k in here:
+        if k.endswith("-grad") or k.endswith("-loss"):
+            for twin in ("serial", "parallel"):
+                np.testing.assert_array_equal(here[f"{k}-{twin}"], here[k], err_msg=f"{k} {twin}", strict=True)
+
+
+@pytest.mark.parametrize("threads", ["1", "3"])
+def test_same_bits_for_any_thread_count(tmp_path, here, threads):
+    _assert_same(_run(tmp_path, {"NUMBA_NUM_THREADS": threads}), here)
+
+
+@pytest.mark.parametrize("cpu", ["haswell", "x86-64-v2"])
+def test_same_bits_on_another_instruction_set(tmp_path, here, cpu):
+    env = {"NUMBA_CPU_NAME": cpu, "NUMBA_CPU_FEATURES": "", "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    _assert_same(_run(tmp_path, env), here)
