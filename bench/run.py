@@ -80,6 +80,8 @@ def contender(kind: str, config: str, dtype_name: str, repeats: int) -> dict:
         t = time.perf_counter()
         net.loss_and_grad(x, y)
         return {"time": time.perf_counter() - t}
+    if kind == "lean":
+        return {"time": _median_time(lean_numpy_step(kw, x, y), repeats)}
     if kind == "numpy":
         ref = fastbp.reference
 
@@ -159,6 +161,80 @@ def contender(kind: str, config: str, dtype_name: str, repeats: int) -> dict:
     raise ValueError(kind)
 
 
+def lean_numpy_step(kw, x, y):
+    """One SGD step of the network as a user writes it in NumPy: ``z = a @ W.T + b``, the
+    activation, ``(d @ W) * σ'``, ``d.T @ a``, every buffer preallocated and written in place."""
+    sizes, acts, loss = kw["sizes"], kw["activations"], kw["loss"]
+    dtype = np.dtype(kw["dtype"])
+    rng = np.random.default_rng(0)
+    L = len(sizes) - 1
+    W = [(rng.standard_normal((sizes[i + 1], sizes[i])) / np.sqrt(sizes[i])).astype(dtype) for i in range(L)]
+    b = [np.zeros(sizes[i + 1], dtype) for i in range(L)]
+    n = x.shape[0]
+    Z = [np.empty((n, sizes[i + 1]), dtype) for i in range(L)]
+    gW = [np.empty_like(w) for w in W]
+    D = [np.empty((n, sizes[i + 1]), dtype) for i in range(L)]
+    lr = dtype.type(1e-3)
+    inv_n = dtype.type(1.0 / n)
+    rows = np.arange(n)
+    for a in acts:
+        if a not in ("identity", "relu", "tanh", "sigmoid", "softmax"):
+            raise ValueError(f"the lean NumPy step has no {a}")
+
+    def step():
+        a = x
+        for i in range(L):
+            z = Z[i]
+            np.matmul(a, W[i].T, out=z)
+            z += b[i]
+            act = acts[i]
+            if act == "relu":
+                np.maximum(z, 0, out=z)
+            elif act == "tanh":
+                np.tanh(z, out=z)
+            elif act == "sigmoid":
+                np.negative(z, out=z)
+                np.exp(z, out=z)
+                z += 1
+                np.reciprocal(z, out=z)
+            elif act == "softmax":
+                z -= z.max(axis=1, keepdims=True)
+                np.exp(z, out=z)
+                z /= z.sum(axis=1, keepdims=True)
+            a = z
+        d = D[L - 1]
+        if loss == "cross_entropy":  # softmax output: δ = (a - onehot(y)) / N
+            np.copyto(d, a)
+            d[rows, y] -= 1
+            d *= inv_n
+        else:  # mse: δ = (a - y) σ'(z) / N
+            np.subtract(a, y, out=d)
+            d *= inv_n
+            _times_derivative(acts[L - 1], d, a)
+        for i in range(L - 1, -1, -1):
+            a_prev = x if i == 0 else Z[i - 1]
+            np.matmul(d.T, a_prev, out=gW[i])
+            gb = d.sum(axis=0)
+            if i > 0:
+                np.matmul(d, W[i], out=D[i - 1])
+                _times_derivative(acts[i - 1], D[i - 1], a_prev)
+            W[i] -= lr * gW[i]
+            b[i] -= lr * gb
+            d = D[i - 1] if i > 0 else d
+
+    return step
+
+
+def _times_derivative(act, d, a):
+    # d *= σ'(z), from a = σ(z)
+    if act == "relu":
+        d *= a > 0
+    elif act == "tanh":
+        d *= 1 - a * a
+    elif act == "sigmoid":
+        d *= a * (1 - a)
+
+
 def _spawn(kind, config, dtype_name, repeats) -> dict:
     env = dict(os.environ)
     out = subprocess.run([sys.executable, __file__, "--contender", kind, config, dtype_name, str(repeats)],
@@ -176,7 +252,7 @@ def machine() -> str:
 
 
 def chart(table: str, path) -> bool:
-    """Bar chart of the float32 speed-ups over the NumPy reference, per configuration, from the
+    """Bar chart of the float32 speed-ups over the lean NumPy step, per configuration, from the
     Markdown table this runner prints.  Returns False when matplotlib is not installed."""
     try:
         import matplotlib
@@ -202,12 +278,20 @@ def chart(table: str, path) -> bool:
         ax.bar([r + (i - 1) * width for r in range(len(rows))], [v[i] for _, v in rows], width, label=label)
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_xticks(range(len(rows)), [name for name, _ in rows])
-    ax.set_ylabel("speed-up over the NumPy reference")
+    ax.set_ylabel("speed-up over the lean NumPy step")
     ax.set_title("Training step, float32, 2 cores (higher is better)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return True
+
+
+def _isa() -> str:
+    """The instruction set fastbp compiles for here (``NUMBA_CPU_NAME``/``NUMBA_CPU_FEATURES`` apply)."""
+    import fastbp
+
+    vb = fastbp.config.VECTOR_BYTES
+    return {64: "AVX-512", 32: "AVX2"}.get(vb, "SSE") + f" ({vb * 8}-bit vectors)"
 
 
 def _commit() -> str:
@@ -239,8 +323,8 @@ def main() -> int:
                     help="named configurations, sweep names, or widths:batch:activations:loss")
     ap.add_argument("--sweep", action="store_true", help="the configurations of bench.configs.SWEEP")
     ap.add_argument("--dtypes", nargs="+", default=list(DTYPES))
-    ap.add_argument("--contenders", nargs="+", default=["numpy", "fastbp", "njit", "torch"],
-                    choices=["numpy", "fastbp", "njit", "torch"])
+    ap.add_argument("--contenders", nargs="+", default=["lean", "numpy", "fastbp", "njit", "torch"],
+                    choices=["lean", "numpy", "fastbp", "njit", "torch"])
     ap.add_argument("--write", action="store_true", help="append the table to bench/RESULTS.md")
     ap.add_argument("--chart", metavar="PNG", help="also draw the float32 speed-ups (needs matplotlib)")
     ap.add_argument("--chart-from", metavar="TABLE", help="only draw the chart, from a table this runner printed")
@@ -254,20 +338,23 @@ def main() -> int:
     configs = args.configs or (list(SWEEP) if args.sweep else list(CONFIGS))
     for c in configs:
         spec_of(c)  # a bad name fails before anything runs
-    kinds = [k for k in ("numpy", "fastbp", "njit", "torch") if k in args.contenders]
+    kinds = [k for k in ("lean", "numpy", "fastbp", "njit", "torch") if k in args.contenders]
     command = "python bench/run.py " + " ".join(sys.argv[1:])
     lines = [
         f"Command: `{command.strip()}`; commit {_commit()}; machine: {machine()}; "
-        f"date: {datetime.date.today().isoformat()}.",
+        f"instruction set: {_isa()}; date: {datetime.date.today().isoformat()}.",
         "",
         f"Training step = `loss_and_grad` + SGD update. Each contender in its own processes, {args.processes} "
         "per cell, interleaved; a time is the median over the processes (min-max) of each one's median; a "
-        "speed-up is NumPy-reference time / fastbp time (higher is better), the median of the per-round ratios "
-        "(min-max); peak = NumPy matmul 2048² in the same run; first call = load (warm cache) or compile.",
+        "speed-up is the other contender's time / fastbp's (higher is better), the median of the per-round "
+        "ratios (min-max). Lean NumPy = `bench.run.lean_numpy_step` (what a user writes, in place); "
+        "NumPy ref = `fastbp.reference` (the oracle, written for clarity); peak = NumPy matmul 2048² in the "
+        "same run; first call = load (warm cache) or compile.",
         "",
-        "| config | dtype | NumPy ref | fastbp `MLP.loss_and_grad(out=)` | speed-up | user `@njit` loop | speed-up "
-        "| PyTorch eager | fastbp vs PyTorch | fastbp % of peak | first call |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| config | dtype | lean NumPy | fastbp `MLP.loss_and_grad(out=)` | vs lean NumPy | user `@njit` loop "
+        "| `@njit` vs lean NumPy | PyTorch eager | fastbp vs PyTorch | vs NumPy ref | fastbp % of peak "
+        "| first call |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     print("\n".join(lines), flush=True)
     for dtype_name in args.dtypes:
@@ -283,24 +370,25 @@ def main() -> int:
                         continue
                     runs[k].append(_spawn(k, config, dtype_name, reps)["time"])
             first = _spawn("compile", config, dtype_name, 1)["time"]
-            ref, fb = runs.get("numpy", []), runs.get("fastbp", [])
+            ref, fb, lean = runs.get("numpy", []), runs.get("fastbp", []), runs.get("lean", [])
             nj, tt = runs.get("njit", []), [t for t in runs.get("torch", []) if t is not None]
             pct = f"{100 * step_flops(config) / np.median(fb) / peak:.0f}%" if fb else "–"
             cells = [
-                _cell(ref) if ref else "–",
+                _cell(lean) if lean else "–",
                 _cell(fb) if fb else "–",
-                _ratio(ref, fb) if ref and fb else "–",
+                _ratio(lean, fb) if lean and fb else "–",
                 _cell(nj) if nj else "–",
-                _ratio(ref, nj) if ref and nj else "–",
+                _ratio(lean, nj) if lean and nj else "–",
                 _cell(tt) if tt else ("not installed" if "torch" in kinds else "–"),
                 _ratio(tt, fb) if tt and fb else "–",
+                _ratio(ref, fb) if ref and fb else "–",
                 pct,
                 f"{first:.2f} s",
             ]
             name = config if config in SWEEP else f"{config + ' ' if config in CONFIGS else ''}{sizes} b{batch}"
             lines.append(f"| {name} | {dtype_name} | " + " | ".join(cells) + " |")
             print(lines[-1], flush=True)
-        lines.append(f"| peak ({dtype_name}) | | {peak / 1e9:.0f} GFLOP/s | | | | | | | | |")
+        lines.append(f"| peak ({dtype_name}) | | {peak / 1e9:.0f} GFLOP/s | | | | | | | | | |")
         print(lines[-1], flush=True)
     text = "\n".join(lines)
     if args.write:
