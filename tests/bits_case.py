@@ -1,7 +1,7 @@
-"""What ``tests/test_same_bits.py`` compares: run as ``python -m tests.bits_case OUT.npz`` in a
-subprocess with the ``NUMBA_*`` settings under test, it writes the loss, the gradient (both twins
-of the training step and ``MLP.loss_and_grad``), ``predict`` and θ after ``fit``, for odd sizes in
-both dtypes."""
+"""What ``tests/test_same_bits.py`` compares: run as ``python -m tests.bits_case OUT.npz
+[--serial-only]`` in a subprocess with the ``NUMBA_*`` settings under test, it writes the loss,
+the gradient (both twins of the training step, or the serial one only, and
+``MLP.loss_and_grad``), ``predict`` and θ after ``fit``, for odd sizes in both dtypes."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ CASES = (
 )
 
 
-def results() -> dict[str, np.ndarray]:
+def results(serial_only: bool = False) -> dict[str, np.ndarray]:
     fastbp.config.PARALLEL_COMPILE_AFTER = 0.0  # the parallel twin where it pays, from the first call
     out = {}
     for dtype in (np.float32, np.float64):
@@ -42,7 +42,7 @@ def results() -> dict[str, np.ndarray]:
             yk, lab, sw = net._backend.kernel_targets(y)
             work = np.empty(fastbp.workspace_size(sizes, n), dtype)
             twins = (("serial", network._loss_and_grad_serial), ("parallel", network._loss_and_grad_parallel))
-            for name, twin in twins:
+            for name, twin in twins[:1] if serial_only else twins:
                 gt = np.empty_like(net.params)
                 ct = twin(net.params, net.spec.sizes, net.spec.activations, net.spec.loss, x, yk, lab, gt, work, sw)
                 out[f"{key}-loss-{name}"] = np.array([ct])
@@ -54,4 +54,4 @@ def results() -> dict[str, np.ndarray]:
 
 
 if __name__ == "__main__":
-    np.savez(sys.argv[1], **results())
+    np.savez(sys.argv[1], **results(serial_only="--serial-only" in sys.argv[2:]))

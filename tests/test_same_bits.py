@@ -7,7 +7,9 @@ after ``fit`` must be bitwise those of this process in a subprocess with another
 ``NUMBA_NUM_THREADS``, and in one compiled for another CPU: ``NUMBA_CPU_NAME=haswell`` (AVX2 and
 FMA) and ``x86-64-v2`` (SSE4.2, no FMA: ``llvm.fma`` in software), each with
 ``NUMBA_CPU_FEATURES`` empty (that CPU's own features: Numba otherwise adds the host's) and a
-cache directory of its own.
+cache directory of its own.  Those two compile the serial twins only (the parallel twin of the
+training step takes as long again to compile): that the twins agree, and whatever the thread
+count, is checked on the host.
 """
 
 from __future__ import annotations
@@ -30,19 +32,19 @@ def here():
     return bits_case.results()
 
 
-def _run(tmp_path, env_extra):
+def _run(tmp_path, env_extra, *flags):
     env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_")}
     env.update(env_extra)
     out = tmp_path / "bits.npz"
-    subprocess.run([sys.executable, "-m", "tests.bits_case", str(out)], cwd=ROOT, env=env, check=True,
+    subprocess.run([sys.executable, "-m", "tests.bits_case", str(out), *flags], cwd=ROOT, env=env, check=True,
                    timeout=600)
     with np.load(out) as f:
         return {k: f[k] for k in f.files}
 
 
-def _assert_same(got, here):
-    assert sorted(got) == sorted(here)
-    for k in here:
+def _assert_same(got, here, serial_only=False):
+    assert sorted(got) == sorted(k for k in here if not (serial_only and k.endswith("-parallel")))
+    for k in got:
         np.testing.assert_array_equal(got[k], here[k], err_msg=k, strict=True)
 
 
@@ -61,4 +63,4 @@ def test_same_bits_for_any_thread_count(tmp_path, here, threads):
 @pytest.mark.parametrize("cpu", ["haswell", "x86-64-v2"])
 def test_same_bits_on_another_instruction_set(tmp_path, here, cpu):
     env = {"NUMBA_CPU_NAME": cpu, "NUMBA_CPU_FEATURES": "", "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
-    _assert_same(_run(tmp_path, env), here)
+    _assert_same(_run(tmp_path, env, "--serial-only"), here, serial_only=True)

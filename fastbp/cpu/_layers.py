@@ -8,7 +8,8 @@ the instruction set, the thread count or which twin ran.
 - forward: z = a^{l-1} (W^l)^T + b, rows of a^{l-1} times panels of W^l transposed;
 - BP2: δ^{l-1} = (δ^l W^l) ⊙ σ'(z^{l-1}), rows of δ^l times panels of W^l;
 - BP3: ∂C/∂W^l = (δ^l)^T a^{l-1}, summed over the batch in the order of its rows, with the
-  vectors along n_{l-1} or, where that wastes fewer lanes, along n_l (then stored transposed).
+  vectors along n_{l-1} or, where that takes half the vector operations, along n_l (then stored
+  transposed).
 
 The forward product and BP2 first pack W^l (or its transpose) into panels of NR columns, each a
 contiguous (K, NR) block and the last one as wide as the columns left: a row of a panel is whole
@@ -48,30 +49,26 @@ def _split(n_rows, n_panels, MR):
     return (n_rows + per - 1) // per, per
 
 
-def pack_panels_body(M, transposed, P):
-    """Pack B = M (K, n), or B = M^T with ``transposed`` (M then (n, K)), into panels of NR
-    columns: panel p at P[p K NR], B[k, p NR + c] at P[p K NR + k w + c], w = min(NR, n - p NR).
-    ``P`` holds at least K n elements."""
+@njit(inline="always")
+def _pack_panel(M, transposed, P, p):
+    """Panel p of B = M (K, n), or of B = M^T with ``transposed`` (M then (n, K)), packed: B[k, p NR
+    + c] at P[p K NR + k w + c], w = min(NR, n - p NR); the panels take K n elements of ``P``."""
     MR, NR = tile_dims(P)
     if transposed:
         n, K = M.shape
     else:
         K, n = M.shape
-    for p in prange((n + NR - 1) // NR):
-        j0 = p * NR
-        w = min(NR, n - j0)
+    j0 = p * NR
+    w = min(NR, n - j0)
+    base = p * K * NR
+    if transposed:  # read M's rows along k, write the panel's columns
+        for c in range(w):
+            for k in range(K):
+                P[base + k * w + c] = M[j0 + c, k]
+    else:
         for k in range(K):
-            o = p * K * NR + k * w
-            if transposed:
-                for c in range(w):
-                    P[o + c] = M[j0 + c, k]
-            else:
-                for c in range(w):
-                    P[o + c] = M[k, j0 + c]
-
-
-# serial in both twins: O(n_{l-1} n_l), against the product's O(N n_{l-1} n_l)
-_pack_panels = cached_njit(nogil=True, fastmath=FASTMATH)(pack_panels_body)
+            for c in range(w):
+                P[base + k * w + c] = M[k, j0 + c]
 
 
 @njit(inline="always")
@@ -104,8 +101,9 @@ def linear_forward_body(W, b, a_prev, act, z, a, derive, pack):
     """
     N = a_prev.shape[0]
     K = W.shape[1]
-    _pack_panels(W, True, pack)
     tasks, chunks, per = _panel_tasks(z, pack)
+    for p in prange(tasks // chunks):
+        _pack_panel(W, True, pack, p)
     for t in prange(tasks):
         _panel_task(a_prev, pack, z, K, t, chunks, per, False)
     n = z.shape[1]
@@ -130,8 +128,9 @@ def backprop_delta_body(W, delta_next, z, act, delta, in_place, pack):
     """
     N = z.shape[0]
     K = W.shape[0]
-    _pack_panels(W, False, pack)
     tasks, chunks, per = _panel_tasks(delta, pack)
+    for p in prange(tasks // chunks):
+        _pack_panel(W, False, pack, p)
     for t in prange(tasks):
         _panel_task(delta_next, pack, delta, K, t, chunks, per, in_place)
     if not in_place:
@@ -144,12 +143,13 @@ def weight_bias_grad_body(delta, a_prev, gW, gb, with_bias):
     """∂C/∂W_jk = Σ_r δ_rj a_prev,rk and (``with_bias``) ∂C/∂b_j = Σ_r δ_rj, in the order of r.
 
     The vectors run along k (tiles of output neurons j times panels of inputs k), or, where
-    that fills more lanes, along j (tiles of k times panels of j, stored transposed).
+    that takes fewer than half as many vector operations, along j (tiles of k times panels of j,
+    stored transposed, element by element).
     """
     N, n_out = delta.shape
     n_in = a_prev.shape[1]
     MR, NR = tile_dims(gW)
-    along_out = (n_out + NR - 1) // NR * NR * n_in < (n_in + NR - 1) // NR * NR * n_out
+    along_out = 2 * ((n_out + NR - 1) // NR) * n_in <= ((n_in + NR - 1) // NR) * n_out
     if along_out:  # C (n_in, n_out) = a_prev^T delta, stored into gW transposed
         rows, cols, A, B, ars, aks, cis, cjs = n_in, n_out, a_prev, delta, 1, n_in, 1, n_in
     else:  # C (n_out, n_in) = delta^T a_prev

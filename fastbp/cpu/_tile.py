@@ -157,6 +157,7 @@ def tile_fma(typingctx, a, ao, ars, aks, b, bo, bks, K, c, co, cis, cjs, mr, nr,
         bcast = ir.Constant(ir.VectorType(i32, V), [0] * V)
 
         def emit(full):
+            # the k loop: whole rows of B, or the masked columns < nr of a last panel
             for i in range(MR):
                 for v in range(NV):
                     builder.store(zero_v, acc[i][v])
@@ -171,43 +172,42 @@ def tile_fma(typingctx, a, ao, ars, aks, b, bo, bks, K, c, co, cis, cjs, mr, nr,
                     xv = builder.shuffle_vector(xv, ir.Constant(vty, ir.Undefined), bcast)
                     for v in range(NV):
                         builder.store(builder.call(fma_v, [xv, bv[v], builder.load(acc[i][v])]), acc[i][v])
-            # row i is stored where i < mr: whole or masked vectors where C's columns are
-            # contiguous, lane by lane (columns < nr) otherwise; with ``scale``, times C's value
-            contiguous = builder.icmp_signed("==", cjs_, one)
-            for i in range(MR):
-                with builder.if_then(builder.icmp_signed("<", const(i), mr_)):
-                    with builder.if_else(contiguous) as (vec, lanewise):
-                        with vec:
-                            for v in range(NV):
-                                ptr = vec_ptr(c_rows[i], v)
-                                val = builder.load(acc[i][v])
-                                if full:
-                                    old = builder.load(ptr, align=align.constant)
-                                else:
-                                    old = _masked(builder, "llvm.masked.load." + vname, vty,
-                                                  [ptr, align, masks[v], one_v])
-                                val = builder.select(scaled, builder.fmul(val, old), val)
-                                if full:
-                                    builder.store(val, ptr, align=align.constant)
-                                else:
-                                    _masked(builder, "llvm.masked.store." + vname, ir.VoidType(),
-                                            [val, ptr, align, masks[v]])
-                        with lanewise:
-                            for v in range(NV):
-                                val = builder.load(acc[i][v])
-                                for t in range(V):
-                                    j = const(v * V + t)
-                                    with builder.if_then(builder.icmp_signed("<", j, nr_)):
-                                        ptr = builder.gep(c_rows[i], [builder.mul(j, cjs_)])
-                                        x = builder.extract_element(val, ir.Constant(i32, t))
-                                        x = builder.select(scaled, builder.fmul(x, builder.load(ptr)), x)
-                                        builder.store(x, ptr)
 
         with builder.if_else(builder.icmp_signed("==", nr_, const(NR))) as (whole, part):
             with whole:
                 emit(True)
             with part:
                 emit(False)
+
+        # Row i is stored where i < mr, with ``scale`` times C's value there: masked vectors where
+        # C's columns are contiguous; otherwise through a stack copy of the tile, element by element.
+        with builder.if_else(builder.icmp_signed("==", cjs_, one)) as (vec, strided):
+            with vec:
+                for i in range(MR):
+                    with builder.if_then(builder.icmp_signed("<", const(i), mr_)):
+                        for v in range(NV):
+                            ptr = vec_ptr(c_rows[i], v)
+                            old = _masked(builder, "llvm.masked.load." + vname, vty, [ptr, align, masks[v], one_v])
+                            val = builder.load(acc[i][v])
+                            val = builder.select(scaled, builder.fmul(val, old), val)
+                            _masked(builder, "llvm.masked.store." + vname, ir.VoidType(), [val, ptr, align, masks[v]])
+            with strided:
+                tile = cgutils.alloca_once(builder, fty, size=MR * NR)
+                for i in range(MR):
+                    for v in range(NV):
+                        builder.store(builder.load(acc[i][v]), vec_ptr(builder.gep(tile, [const(i * NR)]), v),
+                                      align=align.constant)
+                with cgutils.for_range(builder, mr_) as rows:
+                    i = rows.index
+                    with cgutils.for_range(builder, nr_) as cols:
+                        j = cols.index
+                        x = builder.load(builder.gep(tile, [builder.add(builder.mul(i, const(NR)), j)]))
+                        ptr = builder.gep(c_data, [builder.add(co_, builder.add(builder.mul(i, cis_),
+                                                                                builder.mul(j, cjs_)))])
+                        with builder.if_then(scaled):
+                            builder.store(builder.fmul(x, builder.load(ptr)), ptr)
+                        with builder.if_then(builder.not_(scaled)):
+                            builder.store(x, ptr)
         return context.get_dummy_value()
 
     return sig, codegen
