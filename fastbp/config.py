@@ -95,10 +95,12 @@ VECTOR_BYTES = _vector_bytes()
 VECTOR_REGISTERS = 32 if VECTOR_BYTES == 64 else 16
 
 #: The micro-kernel's register tile (fastbp.cpu._tile): TILE_VECTORS vectors of B per row of the
-#: tile, and as many rows as leave one register for B's vectors and one for a broadcast:
-#: 14 x 2 on AVX-512, 6 x 2 on AVX2 (BLIS's Haswell tile).  The tile changes the speed, not the bits.
+#: tile, and as many rows as leave a register for each of B's vectors and one for a broadcast, at
+#: most 8: the tile reads its rows of A side by side, and rows 4 KiB apart share one set of an
+#: 8-way L1 cache.  6 x 2 on AVX2 (BLIS's Haswell tile), 8 x 2 on AVX-512.  The tile changes the
+#: speed, not the bits.
 TILE_VECTORS = 2
-TILE_ROWS = (VECTOR_REGISTERS - TILE_VECTORS - 1) // TILE_VECTORS
+TILE_ROWS = min(8, (VECTOR_REGISTERS - TILE_VECTORS - 1) // TILE_VECTORS)
 
 #: Length of the parameter vector from which the optimizer update runs in parallel.
 PARALLEL_MIN_PARAMS = 1 << 13

@@ -40,8 +40,8 @@ MUTATIONS = {
         LAYERS, "            for j in range(n):\n                z[r, j] += b[j]",
         "            for j in range(n - 1):\n                z[r, j] += b[j]"),
     "forward-pack-one-entry-scaled": (
-        LAYERS, "                    P[o + c] = M[j0 + c, k]",
-        "                    P[o + c] = M[j0 + c, k] * (1.0005 if k == 1 else 1.0)"),
+        LAYERS, "            P[base + k * w + c] = M[j0 + c, k]",
+        "            P[base + k * w + c] = M[j0 + c, k] * (1.0005 if k == 1 else 1.0)"),
     "bp3-transposed-store-stride": (
         LAYERS, "rows, cols, A, B, ars, aks, cis, cjs = n_in, n_out, a_prev, delta, 1, n_in, 1, n_in",
         "rows, cols, A, B, ars, aks, cis, cjs = n_in, n_out, a_prev, delta, 1, n_in, 1, n_out"),

@@ -49,26 +49,35 @@ def _split(n_rows, n_panels, MR):
     return (n_rows + per - 1) // per, per
 
 
+# Panels: B (K, n) packed into panels of NR columns, panel p at P[p K NR] with B[k, p NR + c] at
+# P[p K NR + k w + c], w = min(NR, n - p NR); the panels take K n elements of P.
+
+
 @njit(inline="always")
-def _pack_panel(M, transposed, P, p):
-    """Panel p of B = M (K, n), or of B = M^T with ``transposed`` (M then (n, K)), packed: B[k, p NR
-    + c] at P[p K NR + k w + c], w = min(NR, n - p NR); the panels take K n elements of ``P``."""
+def _pack_transposed_panel(M, P, p):
+    # panel p of B = M^T (M is (n, K)), read along M's rows
     MR, NR = tile_dims(P)
-    if transposed:
-        n, K = M.shape
-    else:
-        K, n = M.shape
+    n, K = M.shape
     j0 = p * NR
     w = min(NR, n - j0)
     base = p * K * NR
-    if transposed:  # read M's rows along k, write the panel's columns
-        for c in range(w):
-            for k in range(K):
-                P[base + k * w + c] = M[j0 + c, k]
-    else:
+    for c in range(w):
         for k in range(K):
+            P[base + k * w + c] = M[j0 + c, k]
+
+
+@njit(inline="always")
+def _pack_rows(M, P, kb):
+    # rows 64 kb .. 64 kb + 63 of B = M (K, n), each read once and cut into its panels
+    MR, NR = tile_dims(P)
+    K, n = M.shape
+    for k in range(kb * 64, min(K, kb * 64 + 64)):
+        for p in range((n + NR - 1) // NR):
+            j0 = p * NR
+            w = min(NR, n - j0)
+            o = p * K * NR + k * w
             for c in range(w):
-                P[base + k * w + c] = M[k, j0 + c]
+                P[o + c] = M[k, j0 + c]
 
 
 @njit(inline="always")
@@ -103,7 +112,7 @@ def linear_forward_body(W, b, a_prev, act, z, a, derive, pack):
     K = W.shape[1]
     tasks, chunks, per = _panel_tasks(z, pack)
     for p in prange(tasks // chunks):
-        _pack_panel(W, True, pack, p)
+        _pack_transposed_panel(W, pack, p)
     for t in prange(tasks):
         _panel_task(a_prev, pack, z, K, t, chunks, per, False)
     n = z.shape[1]
@@ -129,8 +138,8 @@ def backprop_delta_body(W, delta_next, z, act, delta, in_place, pack):
     N = z.shape[0]
     K = W.shape[0]
     tasks, chunks, per = _panel_tasks(delta, pack)
-    for p in prange(tasks // chunks):
-        _pack_panel(W, False, pack, p)
+    for kb in prange((K + 63) // 64):
+        _pack_rows(W, pack, kb)
     for t in prange(tasks):
         _panel_task(delta_next, pack, delta, K, t, chunks, per, in_place)
     if not in_place:
