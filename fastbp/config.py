@@ -38,22 +38,6 @@ PARALLEL_MIN_WORK = 1 << 18
 #: switches after at most this much slower work.  0 compiles it at the first call that pays.
 PARALLEL_COMPILE_AFTER = 10.0
 
-#: Whether ``MLP`` calls that may run a whole-network kernel's parallel twin measure which twin
-#: comes round faster and run that one (:class:`fastbp._tiers.Race`); False: always the parallel one.
-TWIN_RACE = True
-
-#: Calls of the other twin in one probe of the race (the first is not counted: it pays for
-#: moving the vectors between the cores).
-TWIN_PROBE_CALLS = 4
-
-#: Calls of the twin in use between two probes: the first value, and the largest, reached by
-#: doubling while the probes confirm the choice.
-TWIN_PROBE_GAP = (16, 1024)
-
-#: The other twin takes over when its median period is under this fraction of the median period
-#: of the one in use.
-TWIN_SWITCH_RATIO = 0.9
-
 #: The same cut-over for calls from any thread but the main one.  Under the OpenMP threading
 #: layer a parallel region opened from another thread costs some 50-100 us more (measured
 #: here: a medium-network training step at batch 32 took 0.38 ms serial, 0.21 ms parallel from

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import threading
 
-import numba
 import numpy as np
 
 from .. import config as _config
 from .. import cpu as _kernels
 from .._resources import check_fits
 from .._threads import GATE, min_parallel_work
-from .._tiers import RACE, TIERS
+from .._tiers import TIERS
 from ..cpu import _layers
 from ..cpu import network as _network
 from ..cpu import train as _train
@@ -27,16 +26,6 @@ from ._host import _NO_LABELS, HostBackend, HostTrainer, stats
 _MAX_CACHED_WORKSPACES = 4
 
 assert _kernels  # fastbp.cpu's import launches Numba's threading layer before any cached parallel twin loads
-
-
-def _on_one_thread(kernel, args):
-    """``kernel(*args)`` with Numba's thread count for this thread set to 1 while it runs."""
-    k = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        return kernel(*args)
-    finally:
-        numba.set_num_threads(k)
 
 
 class CpuBackend(HostBackend):
@@ -96,9 +85,7 @@ class CpuBackend(HostBackend):
 
         The parallel twin runs only where it pays, no other thread is inside a compiled model
         call (:mod:`fastbp._threads`), and it is compiled or cached, or the serial one has run
-        long enough to pay for compiling it (:mod:`fastbp._tiers`); and the race of the twins
-        (:class:`fastbp._tiers.Race`) has not found it faster on this thread alone (then it runs
-        as one-thread parallel regions, bitwise the same).  Below the cut-over every
+        long enough to pay for compiling it (:mod:`fastbp._tiers`).  Below the cut-over every
         caller runs serial, whatever the other threads do, so such a call does not register
         with the gate (1-2 µs saved).
         """
@@ -109,9 +96,7 @@ class CpuBackend(HostBackend):
             if not _network.parallel_pays(n, n_params, forward_only, min_parallel_work(alone)):
                 return serial(*args)
             if TIERS.ready(parallel, self.spec.dtype, args):
-                if RACE.all_threads(parallel, self.spec.dtype, n):
-                    return parallel(*args)
-                return _on_one_thread(parallel, args)
+                return parallel(*args)
             # Not compiled yet, and the serial twin has not yet run long enough to pay for it.
             return TIERS.run_serial(serial, parallel, self.spec.dtype, args)
         finally:
