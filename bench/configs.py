@@ -58,6 +58,8 @@ def problem(name: str, dtype, seed: int = 0):
 
 
 def step_flops(name: str) -> float:
-    """Floating-point operations of one training step: 3 products of 2·N·Σ n_l n_{l-1} flops."""
+    """Floating-point operations of the products of one training step, 2·N·n_l·n_{l-1} each: the
+    forward product and BP3 of every layer, BP2 of every layer but the first (no δ^0)."""
     sizes, batch, _, _ = spec_of(name)
-    return 3 * 2.0 * batch * sum(sizes[i] * sizes[i + 1] for i in range(len(sizes) - 1))
+    macs = [sizes[i] * sizes[i + 1] for i in range(len(sizes) - 1)]
+    return 2.0 * batch * (2 * sum(macs) + sum(macs[1:]))
