@@ -159,11 +159,11 @@ def _compile_task(dtype_name: str, task: str, ykind: str | None, weights: bool) 
     _validation._all_finite(net.params)
     if task == "forward":
         out = np.empty((N, sizes[-1]), dtype)
-        for twin in (network._forward_serial, network._forward_parallel):
+        for twin, _ in network.VARIANTS.values():
             twin(*args, x, out, work)
     elif task == "loss_and_grad":
         yk, lab, swk = net._backend.kernel_targets(y, sw)
-        for twin in (network._loss_and_grad_serial, network._loss_and_grad_parallel):
+        for _, twin in network.VARIANTS.values():
             twin(*args, net.spec.loss, x, yk, lab, grad, work, swk)
         (_validation._label_bounds if ykind == "labels" else _validation._bounds)(y)
     elif task == "train_epoch":
@@ -172,7 +172,7 @@ def _compile_task(dtype_name: str, task: str, ykind: str | None, weights: bool) 
         yk, lab, sw = net._backend.kernel_targets(y, sw)
         xb, yb, lb, swb = np.empty_like(x), np.empty_like(yk), np.empty_like(lab), np.empty_like(sw)
         hp = hyper_vector(Adam(), 1e-3, 0.0)
-        for run in train.EPOCH_TWINS:  # what fit runs, both twins
+        for run in train.EPOCH_VARIANTS.values():  # what fit runs, every variant
             run(*args, net.spec.loss, x, yk, lab, np.arange(N), N, 1, hp, state, 0, grad, work, xb, yb, lb,
                 np.zeros(6), sw, swb, 0)
     elif task == "per-layer kernels":  # fastbp.cpu's public per-layer kernels, both twins each

@@ -41,8 +41,9 @@ def results(serial_only: bool = False) -> dict[str, np.ndarray]:
             out[key + "-grad"] = g.copy()
             yk, lab, sw = net._backend.kernel_targets(y)
             work = np.empty(fastbp.workspace_size(sizes, n), dtype)
-            twins = (("serial", network._loss_and_grad_serial), ("parallel", network._loss_and_grad_parallel))
-            for name, twin in twins[:1] if serial_only else twins:
+            for name, (_, twin) in network.VARIANTS.items():
+                if serial_only and name != "serial":
+                    continue
                 gt = np.empty_like(net.params)
                 ct = twin(net.params, net.spec.sizes, net.spec.activations, net.spec.loss, x, yk, lab, gt, work, sw)
                 out[f"{key}-loss-{name}"] = np.array([ct])

@@ -54,11 +54,11 @@ def _run(twin, net, x, y):
 
 
 def _within_and_twins_agree(net, x, y):
-    """``MLP.loss_and_grad`` within the rounding bound, and both whole-network twins bitwise equal
-    to it."""
+    """``MLP.loss_and_grad`` within the rounding bound, and every variant of the training step
+    (``fastbp.cpu.network.VARIANTS``) bitwise equal to it."""
     C, g = net.loss_and_grad(x, y)
     _within(net, x, y, C, g)
-    for twin in (NET._loss_and_grad_serial, NET._loss_and_grad_parallel):
+    for _, twin in NET.VARIANTS.values():
         C2, g2 = _run(twin, net, x, y)
         assert C2 == C
         np.testing.assert_array_equal(g2, g)

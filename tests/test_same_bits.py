@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fastbp.cpu import network
+
 from . import bits_case
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,7 +53,7 @@ def _assert_same(got, here, serial_only=False):
 def test_the_twins_agree_in_this_process(here):
     for k in here:
         if k.endswith("-grad") or k.endswith("-loss"):
-            for twin in ("serial", "parallel"):
+            for twin in network.VARIANTS:
                 np.testing.assert_array_equal(here[f"{k}-{twin}"], here[k], err_msg=f"{k} {twin}", strict=True)
 
 

@@ -89,11 +89,11 @@ class CpuBackend(HostBackend):
         caller runs serial, whatever the other threads do, so such a call does not register
         with the gate (1-2 µs saved).
         """
-        if not _network.parallel_pays(n, n_params, forward_only):
+        if _network.variant(n, n_params, forward_only) == "serial":
             return serial(*args)
         alone = GATE.enter()
         try:
-            if not _network.parallel_pays(n, n_params, forward_only, min_parallel_work(alone)):
+            if _network.variant(n, n_params, forward_only, min_parallel_work(alone)) == "serial":
                 return serial(*args)
             if TIERS.ready(parallel, self.spec.dtype, args):
                 return parallel(*args)
@@ -105,7 +105,8 @@ class CpuBackend(HostBackend):
     def _forward_into(self, params, x, out) -> None:
         n = x.shape[0]
         s = self.spec
-        self._run_twin(_network._forward_serial, _network._forward_parallel, n, params.shape[0], True,
+        (serial, _), (parallel, _) = _network.VARIANTS["serial"], _network.VARIANTS["parallel"]
+        self._run_twin(serial, parallel, n, params.shape[0], True,
                        params, s.sizes, s.activations, x, out, self.workspace(n))
 
     # -- the protocol -------------------------------------------------------------------------
@@ -155,7 +156,8 @@ class CpuBackend(HostBackend):
         else:
             yk, lab = y, _NO_LABELS
         sw = self._no_weights if sample_weight is None else sample_weight
-        c = self._run_twin(_network._loss_and_grad_serial, _network._loss_and_grad_parallel, n, params.shape[0],
+        (_, serial), (_, parallel) = _network.VARIANTS["serial"], _network.VARIANTS["parallel"]
+        c = self._run_twin(serial, parallel, n, params.shape[0],
                            False, params, s.sizes, s.activations, s.loss, x, yk, lab, grad, self.workspace(n), sw)
         return float(c)
 
@@ -222,8 +224,8 @@ class CpuTrainer(HostTrainer):
         args = [self.params, s.sizes, s.activations, s.loss, self.x, self.yk, self.lab, perm[: self.rows], self.B,
                 self.opt.code, self.hp, self.state.buffer, t_epoch, self.grad, self.work, self.xb, self.yb, self.lb,
                 counters, self.sw, self.swb, min_work]
-        serial, parallel = _train.EPOCH_TWINS
-        want = _network.parallel_pays(self.B, self.params.shape[0], False, min_work)
+        serial, parallel = _train.EPOCH_VARIANTS["serial"], _train.EPOCH_VARIANTS["parallel"]
+        want = _network.variant(self.B, self.params.shape[0], False, min_work) == "parallel"
         par = want and TIERS.ready(parallel, s.dtype, args)
         try:
             for start in range(0, perm.shape[0], self.rows):

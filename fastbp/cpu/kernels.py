@@ -2,8 +2,8 @@
 
 Each public kernel takes only arrays and integers, so it can be called from
 Python or from a user's own ``@njit`` function.  It runs its serial twin for
-small problems and its ``parallel=True`` twin from
-``fastbp.config.PARALLEL_MIN_WORK`` multiply-adds on; both twins are also
+small problems and its ``parallel=True`` twin where
+:func:`fastbp.cpu.network.parallel_pays`, the rule of the whole-network kernels, says it pays; both twins are also
 exported (``*_serial``, ``*_parallel``) for callers that want to choose.
 
 Arrays are 2-D row-major with one sample per row; shapes must agree (they are
@@ -15,8 +15,9 @@ from __future__ import annotations
 import numpy as np
 
 from .._cache import cached_njit
-from ..config import FASTMATH, PARALLEL_MIN_WORK
+from ..config import FASTMATH
 from . import _layers
+from .network import _parallel_pays
 
 __all__ = [
     "backprop_delta",
@@ -93,11 +94,6 @@ bias_grad_parallel = _layers.bias_grad_parallel
 
 
 @_dispatch
-def _parallel_pays(work):
-    return work >= PARALLEL_MIN_WORK  # no thread count here: it would make the kernels uncachable
-
-
-@_dispatch
 def linear_forward(W, b, a_prev, act, z, a):
     """Forward product with the activation fused: z^l = a^{l-1} (W^l)^T + b^l, a^l = σ(z^l).
 
@@ -115,7 +111,7 @@ def linear_forward(W, b, a_prev, act, z, a):
     z, a : (N, n_l) float arrays
         Outputs; ``a`` may be ``z`` when z^l is not needed.
     """
-    if _parallel_pays(a_prev.shape[0] * W.shape[0] * W.shape[1]):
+    if _parallel_pays(a_prev.shape[0], W.size):
         _layers.linear_forward_parallel(W, b, a_prev, act, z, a, False, _pack(W))
     else:
         _layers.linear_forward_serial(W, b, a_prev, act, z, a, False, _pack(W))
@@ -170,7 +166,7 @@ def backprop_delta(W_next, delta_next, z, act, delta):
     delta : (N, n_l) float array
         Output δ^l; must not alias ``z`` or ``delta_next``.
     """
-    if _parallel_pays(z.shape[0] * W_next.shape[0] * W_next.shape[1]):
+    if _parallel_pays(z.shape[0], W_next.size):
         _layers.backprop_delta_parallel(W_next, delta_next, z, act, delta, False, _pack(W_next))
     else:
         _layers.backprop_delta_serial(W_next, delta_next, z, act, delta, False, _pack(W_next))
@@ -189,7 +185,7 @@ def weight_grad(delta, a_prev, grad_W):
     grad_W : (n_l, n_{l-1}) float array
         Output, overwritten.
     """
-    if _parallel_pays(delta.shape[0] * grad_W.shape[0] * grad_W.shape[1]):
+    if _parallel_pays(delta.shape[0], grad_W.size):
         _layers.weight_bias_grad_parallel(delta, a_prev, grad_W, grad_W[0], False)
     else:
         _layers.weight_bias_grad_serial(delta, a_prev, grad_W, grad_W[0], False)
@@ -206,7 +202,7 @@ def bias_grad(delta, grad_b):
     grad_b : (n_l,) float array
         Output, overwritten.
     """
-    if _parallel_pays(delta.shape[0] * delta.shape[1] * 64):
+    if _parallel_pays(delta.shape[0], delta.shape[1] * 64):  # a column sum does 1/64 of a product's work
         bias_grad_parallel(delta, grad_b)
     else:
         bias_grad_serial(delta, grad_b)
@@ -227,7 +223,7 @@ def weight_bias_grad(delta, a_prev, grad_W, grad_b):
     grad_b : (n_l,) float array
         Output, overwritten.
     """
-    if _parallel_pays(delta.shape[0] * grad_W.shape[0] * grad_W.shape[1]):
+    if _parallel_pays(delta.shape[0], grad_W.size):
         _layers.weight_bias_grad_parallel(delta, a_prev, grad_W, grad_b, True)
     else:
         _layers.weight_bias_grad_serial(delta, a_prev, grad_W, grad_b, True)

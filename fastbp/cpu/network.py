@@ -120,22 +120,35 @@ _loss_and_grad_serial, _loss_and_grad_parallel = calling_twins(
     _loss_and_grad_impl, _forward_body=_forward_body_parallel,
     _weight_bias_grad=_layers.weight_bias_grad_parallel, _backprop_delta=_layers.backprop_delta_parallel)
 
+#: The variants of the whole-network kernels, (forward, loss_and_grad) by name: :func:`variant`
+#: picks one per call, and the tests run every one.  They give the same bits.
+VARIANTS = {"serial": (_forward_serial, _loss_and_grad_serial),
+            "parallel": (_forward_parallel, _loss_and_grad_parallel)}
+
 
 def parallel_pays(n_samples, n_params, forward_only=False, min_work=PARALLEL_MIN_WORK):
-    """Whether a whole-network call on ``n_samples`` rows should run its ``parallel=True`` twin.
+    """Whether a call on ``n_samples`` rows should run its ``parallel=True`` twin: the one rule of
+    every CPU kernel, whole-network and per-layer (``n_params``: the parameters the call
+    multiplies by each row).
 
     It pays from ``min_work`` multiply-adds of forward work (N times the parameter count;
-    ``config.PARALLEL_MIN_WORK`` from the main thread).  The forward pass splits the batch
-    into blocks of 4 rows (one block per thread), so it only pays from 5 rows on; the training
-    step also splits BP3 over output neurons.  Compiled for the dispatchers below, and called
-    from Python by the model (:mod:`fastbp._threads` gives it ``min_work``, unreachable with
-    one thread).  No thread count is read in compiled code: ``numba.get_num_threads`` goes
-    through a ctypes pointer, which makes a function, and every function that calls it,
-    uncachable; with one thread a parallel twin runs as a one-thread parallel region.
+    ``config.PARALLEL_MIN_WORK`` from the main thread).  The products split their output into
+    about ``config.PARALLEL_TASKS`` tasks, so a forward pass of a handful of rows does not pay.
+    Compiled for the dispatchers, and called from Python by the model (:mod:`fastbp._threads`
+    gives it ``min_work``, unreachable with one thread).  No thread count is read in compiled
+    code: ``numba.get_num_threads`` goes through a ctypes pointer, which makes a function, and
+    every function that calls it, uncachable; with one thread a parallel twin runs as a one-thread
+    parallel region, and gives the same bits as any other thread count.
     """
     if forward_only and n_samples <= 4:
         return False
     return n_samples * n_params >= min_work
+
+
+def variant(n_samples, n_params, forward_only=False, min_work=PARALLEL_MIN_WORK) -> str:
+    """The row of :data:`VARIANTS` (and ``fastbp.cpu.train.EPOCH_VARIANTS``) that a call runs:
+    ``"parallel"`` where :func:`parallel_pays`, else ``"serial"``."""
+    return "parallel" if parallel_pays(n_samples, n_params, forward_only, min_work) else "serial"
 
 
 _parallel_pays = cached_njit(nogil=True)(parallel_pays)

@@ -230,5 +230,5 @@ def _bound_to_step(step, suffix):
 
 train_epoch_serial = _bound_to_step(_loss_and_grad_serial, "_serial")
 train_epoch_parallel = _bound_to_step(_loss_and_grad_parallel, "_parallel")
-#: (serial, parallel) epoch loops
-EPOCH_TWINS = (train_epoch_serial, train_epoch_parallel)
+#: The epoch loop of each row of ``fastbp.cpu.network.VARIANTS``, by the same names.
+EPOCH_VARIANTS = {"serial": train_epoch_serial, "parallel": train_epoch_parallel}
