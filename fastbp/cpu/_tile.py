@@ -179,18 +179,32 @@ def tile_fma(typingctx, a, ao, ars, aks, b, bo, bks, K, c, co, cis, cjs, mr, nr,
             with part:
                 emit(False)
 
+        def store_vector(i, v, masked):
+            ptr = vec_ptr(c_rows[i], v)
+            if masked:
+                old = _masked(builder, "llvm.masked.load." + vname, vty, [ptr, align, masks[v], one_v])
+            else:
+                old = builder.load(ptr, align=align.constant)
+            val = builder.load(acc[i][v])
+            val = builder.select(scaled, builder.fmul(val, old), val)
+            if masked:
+                _masked(builder, "llvm.masked.store." + vname, ir.VoidType(), [val, ptr, align, masks[v]])
+            else:
+                builder.store(val, ptr, align=align.constant)
+
         # Row i is stored where i < mr, with ``scale`` times C's value there: masked vectors where
         # C's columns are contiguous; otherwise through a stack copy of the tile, element by element.
         with builder.if_else(builder.icmp_signed("==", cjs_, one)) as (vec, strided):
             with vec:
-                for i in range(MR):
-                    with builder.if_then(builder.icmp_signed("<", const(i), mr_)):
-                        for v in range(NV):
-                            ptr = vec_ptr(c_rows[i], v)
-                            old = _masked(builder, "llvm.masked.load." + vname, vty, [ptr, align, masks[v], one_v])
-                            val = builder.load(acc[i][v])
-                            val = builder.select(scaled, builder.fmul(val, old), val)
-                            _masked(builder, "llvm.masked.store." + vname, ir.VoidType(), [val, ptr, align, masks[v]])
+                # whole rows with plain vector moves (a masked store is microcoded on AMD's AVX2
+                # cores), a last panel's with masked ones
+                with builder.if_else(builder.icmp_signed("==", nr_, const(NR))) as (whole, part):
+                    for masked, branch in ((False, whole), (True, part)):
+                        with branch:
+                            for i in range(MR):
+                                with builder.if_then(builder.icmp_signed("<", const(i), mr_)):
+                                    for v in range(NV):
+                                        store_vector(i, v, masked)
             with strided:
                 tile = cgutils.alloca_once(builder, fty, size=MR * NR)
                 for i in range(MR):
