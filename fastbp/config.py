@@ -4,6 +4,11 @@ Every kernel takes its compilation flags, size thresholds and launch shapes from
 that they can be measured and changed without touching the kernels.  Values that compiled
 code reads are frozen into it when it compiles (and are part of the disk cache's key, see
 :mod:`fastbp._cache`); the others are read at each call.
+
+The CPU's register tile comes from the instruction set (``VECTOR_BYTES``, ``VECTOR_REGISTERS``);
+seven CPU values are chosen by measurement (``PARALLEL_TASKS``, ``PARALLEL_MIN_WORK``,
+``PARALLEL_COMPILE_AFTER``, ``PARALLEL_MIN_WORK_THREAD``, ``TILE_VECTORS``, ``PARALLEL_MIN_PARAMS``,
+``THREADING_LAYER_PRIORITY``), each with its reason below; bench/RESULTS.md has the figures.
 """
 
 from __future__ import annotations
@@ -25,25 +30,21 @@ FASTMATH: set[str] = set()
 #: split decides which thread computes an element, never how.
 PARALLEL_TASKS = 8
 
-#: Work (multiply-adds of one kernel call) from which the ``parallel=True``
-#: twin of a kernel is used instead of its serial twin.  A parallel region
-#: costs a few microseconds to open here, and threads that slept take tens of
-#: microseconds to wake, so small calls stay serial.
+#: Work (multiply-adds of one kernel call) from which the ``parallel=True`` twin of a kernel is
+#: used instead of its serial twin: a parallel region costs microseconds to open and sleeping
+#: threads tens of microseconds to wake, so small calls stay serial.
 PARALLEL_MIN_WORK = 1 << 18
 
 #: Seconds the serial twin of a whole-network kernel runs, in ``MLP`` calls where its parallel
 #: twin would pay, before a process compiles that parallel twin (:mod:`fastbp._tiers`).  A
 #: parallel twin already compiled or in the disk cache runs at once.  About what compiling the
-#: parallel training step costs here (12-16 s): a short script never pays for it, a long run
-#: switches after at most this much slower work.  0 compiles it at the first call that pays.
+#: parallel training step costs: a short script never pays for it, a long run switches after at
+#: most this much slower work.  0 compiles it at the first call that pays.
 PARALLEL_COMPILE_AFTER = 10.0
 
-#: The same cut-over for calls from any thread but the main one.  Under the OpenMP threading
-#: layer a parallel region opened from another thread costs some 50-100 us more (measured
-#: here: a medium-network training step at batch 32 took 0.38 ms serial, 0.21 ms parallel from
-#: the main thread and 0.53 ms parallel from a worker thread); parallel pays again from about
-#: 2^24 multiply-adds per call (bench/RESULTS.md, "Threads").  numbagg makes the same choice
-#: (numba #9288).
+#: The same cut-over for calls from any thread but the main one: under the OpenMP threading layer
+#: a parallel region opened from another thread costs some 50-100 µs more (bench/RESULTS.md,
+#: "Threads"; numbagg makes the same choice, numba #9288).
 PARALLEL_MIN_WORK_THREAD = 1 << 24
 
 #: CPU names (LLVM's) whose own features include AVX-512 or AVX2, for a ``NUMBA_CPU_NAME`` compiled
@@ -86,7 +87,8 @@ VECTOR_REGISTERS = 32 if VECTOR_BYTES == 64 else 16
 TILE_VECTORS = 2
 TILE_ROWS = min(8, (VECTOR_REGISTERS - TILE_VECTORS - 1) // TILE_VECTORS)
 
-#: Length of the parameter vector from which the optimizer update runs in parallel.
+#: Length of the parameter vector from which the optimizer update runs in parallel: below it the
+#: update is shorter than waking the other threads.
 PARALLEL_MIN_PARAMS = 1 << 13
 
 #: Largest workspace (bytes) that ``MLP.predict`` and ``MLP.evaluate`` allocate for one batch.
@@ -96,7 +98,7 @@ MAX_WORKSPACE_BYTES = 64 << 20
 
 #: Multiply-adds of forward work (batch rows x parameters) per call of the compiled training
 #: loop from ``MLP.fit``: an epoch runs in slices of whole minibatches of about this much work
-#: (some 0.1 s here), and a Ctrl-C is honoured between two slices, at a step boundary.
+#: (a tenth of a second or so), and a Ctrl-C is honoured between two slices, at a step boundary.
 INTERRUPT_WORK = 1 << 28
 
 # -- the cuda backend ------------------------------------------------------------------------------
