@@ -46,8 +46,8 @@ MUTATIONS = {
         LAYERS, "rows, cols, A, B, ars, aks, cis, cjs = n_in, n_out, a_prev, delta, 1, n_in, 1, n_in",
         "rows, cols, A, B, ars, aks, cis, cjs = n_in, n_out, a_prev, delta, 1, n_in, 1, n_out"),
     "bp4-last-sample-dropped": (
-        LAYERS, "    for r in range(N):\n        for j in range(n):\n            gb[j] += delta[r, j]",
-        "    for r in range(N - 1):\n        for j in range(n):\n            gb[j] += delta[r, j]"),
+        LAYERS, "    for r in range(delta.shape[0]):\n        for j in range(j0, j1):",
+        "    for r in range(delta.shape[0] - 1):\n        for j in range(j0, j1):"),
     "bp2-dropped-sigma-prime": (
         "fastbp/activations.py", "                out[r, i] = g[r, i] * derivative(code, z[r, i])",
         "                out[r, i] = g[r, i]"),

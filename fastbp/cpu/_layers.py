@@ -168,7 +168,7 @@ def weight_bias_grad_body(delta, a_prev, gW, gb, with_bias):
     for t in prange(n_panels * chunks + 1):
         if t == n_panels * chunks:  # BP4, one more task
             if with_bias:
-                _bias_sums(delta, gb)
+                _bias_sums(delta, gb, 0, n_out)
             continue
         p = t // chunks
         r1 = min(rows, (t % chunks + 1) * per)
@@ -178,29 +178,21 @@ def weight_bias_grad_body(delta, a_prev, gW, gb, with_bias):
 
 
 @njit(inline="always")
-def _bias_sums(delta, gb):
-    # gb_j = Σ_r δ_rj in the order of r (vectorised along j)
-    N, n = delta.shape
+def _bias_sums(delta, gb, j0, j1):
+    # gb_j = Σ_r δ_rj for j0 <= j < j1, in the order of r (vectorised along j)
     zero = delta.dtype.type(0.0)
-    for j in range(n):
+    for j in range(j0, j1):
         gb[j] = zero
-    for r in range(N):
-        for j in range(n):
+    for r in range(delta.shape[0]):
+        for j in range(j0, j1):
             gb[j] += delta[r, j]
 
 
 def bias_grad_body(delta, gb):
     """BP4: gb_j = Σ_r δ_rj, the sum in the order of r; blocks of 64 columns by task."""
-    N, n = delta.shape
-    zero = delta.dtype.type(0.0)
+    n = delta.shape[1]
     for jb in prange((n + 63) // 64):
-        j0 = jb * 64
-        j1 = min(j0 + 64, n)
-        for j in range(j0, j1):
-            gb[j] = zero
-        for r in range(N):
-            for j in range(j0, j1):
-                gb[j] += delta[r, j]
+        _bias_sums(delta, gb, jb * 64, min(jb * 64 + 64, n))
 
 
 # BP1 is O(N n_L) and serial: an ordinary function, compiled once per dtype.
