@@ -76,3 +76,33 @@ def test_parallel_twin_is_bitwise_the_serial_one(dtype, rng):
     K.weight_grad_serial(delta, a_prev, g1)
     K.weight_grad_parallel(delta, a_prev, g2)
     np.testing.assert_array_equal(g1, g2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_strided_and_fortran_arrays_give_the_contiguous_answer(dtype, rng):
+    # The products address their operands as flat row-major arrays: the public kernels take any
+    # layout, in and out, and give bitwise what they give on C-contiguous copies.
+    N, n_in, n_out = 7, 13, 5
+    W, b, a_prev = _layer(rng, (N, n_in, n_out), dtype)
+    delta = rng.standard_normal((N, n_out)).astype(dtype)
+    wide = rng.standard_normal((N, 2 * n_in)).astype(dtype)
+    strided, fortran = wide[:, ::2], np.asfortranarray(a_prev)
+    for x in (strided, fortran):
+        assert not x.flags.c_contiguous
+        z, a = np.empty((N, 2 * n_out), dtype)[:, ::2], np.empty((N, n_out), dtype, order="F")
+        cpu.linear_forward(W, b, x, A.TANH, z, a)
+        zc, ac = np.empty((N, n_out), dtype), np.empty((N, n_out), dtype)
+        cpu.linear_forward(W, b, np.ascontiguousarray(x), A.TANH, zc, ac)
+        np.testing.assert_array_equal(z, zc)
+        np.testing.assert_array_equal(a, ac)
+        gW, gb = np.empty((n_out, 2 * n_in), dtype)[:, ::2], np.empty(2 * n_out, dtype)[::2]
+        cpu.weight_bias_grad(delta[:, ::-1], x, gW, gb)
+        gWc, gbc = np.empty((n_out, n_in), dtype), np.empty(n_out, dtype)
+        cpu.weight_bias_grad(np.ascontiguousarray(delta[:, ::-1]), np.ascontiguousarray(x), gWc, gbc)
+        np.testing.assert_array_equal(gW, gWc)
+        np.testing.assert_array_equal(gb, gbc)
+        d = np.empty((N, n_in), dtype, order="F")
+        cpu.backprop_delta(np.asfortranarray(W), delta, x, A.TANH, d)
+        dc = np.empty((N, n_in), dtype)
+        cpu.backprop_delta(W, delta, np.ascontiguousarray(x), A.TANH, dc)
+        np.testing.assert_array_equal(d, dc)

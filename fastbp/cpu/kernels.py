@@ -3,16 +3,20 @@
 Each public kernel takes only arrays and integers, so it can be called from
 Python or from a user's own ``@njit`` function.  It runs its serial twin for
 small problems and its ``parallel=True`` twin where
-:func:`fastbp.cpu.network.parallel_pays`, the rule of the whole-network kernels, says it pays; both twins are also
-exported (``*_serial``, ``*_parallel``) for callers that want to choose.
+:func:`fastbp.cpu.network.parallel_pays`, the rule of the whole-network kernels,
+says it pays; both twins are also exported (``*_serial``, ``*_parallel``) for
+callers that want to choose.
 
-Arrays are 2-D row-major with one sample per row; shapes must agree (they are
-not checked here: these are the trusting inner layer of the library).
+Arrays are 2-D with one sample per row, in any memory layout: an operand that is not
+C-contiguous is copied, and an output written back (C-contiguous ones cost nothing).
+Shapes must agree (they are not checked here: these are the trusting inner layer of the
+library).
 """
 
 from __future__ import annotations
 
 import numpy as np
+from numba.extending import overload
 
 from .._cache import cached_njit
 from ..config import FASTMATH
@@ -31,56 +35,107 @@ __all__ = [
 _dispatch = cached_njit(nogil=True, fastmath=FASTMATH)
 
 # The twins of each kernel, with its public signature, for callers that choose one: each calls
-# the twin of its body in fastbp.cpu._layers (every flag explicit), as the dispatchers below and
-# the whole-network kernels do (so calling a dispatcher compiles no wrapper).
+# the twin of its body in fastbp.cpu._layers (every flag explicit) on C-contiguous operands
+# (copies of any that are not, written back after), and the dispatchers below call them.
 
 
 @_dispatch
 def linear_forward_serial(W, b, a_prev, act, z, a):
     """Serial twin of :func:`linear_forward`."""
-    _layers.linear_forward_serial(W, b, a_prev, act, z, a, False, _pack(W))
+    zc, ac = contiguous(z), contiguous(a)
+    _layers.linear_forward_serial(contiguous(W), contiguous(b), contiguous(a_prev), act, zc, ac, False, _pack(W))
+    write_back(z, zc)
+    write_back(a, ac)
 
 
 @_dispatch
 def linear_forward_parallel(W, b, a_prev, act, z, a):
     """``parallel=True`` twin of :func:`linear_forward`."""
-    _layers.linear_forward_parallel(W, b, a_prev, act, z, a, False, _pack(W))
+    zc, ac = contiguous(z), contiguous(a)
+    _layers.linear_forward_parallel(contiguous(W), contiguous(b), contiguous(a_prev), act, zc, ac, False, _pack(W))
+    write_back(z, zc)
+    write_back(a, ac)
 
 
 @_dispatch
 def backprop_delta_serial(W_next, delta_next, z, act, delta):
     """Serial twin of :func:`backprop_delta`."""
-    _layers.backprop_delta_serial(W_next, delta_next, z, act, delta, False, _pack(W_next))
+    dc = contiguous(delta)
+    _layers.backprop_delta_serial(contiguous(W_next), contiguous(delta_next), contiguous(z), act, dc, False,
+                                    _pack(W_next))
+    write_back(delta, dc)
 
 
 @_dispatch
 def backprop_delta_parallel(W_next, delta_next, z, act, delta):
     """``parallel=True`` twin of :func:`backprop_delta`."""
-    _layers.backprop_delta_parallel(W_next, delta_next, z, act, delta, False, _pack(W_next))
+    dc = contiguous(delta)
+    _layers.backprop_delta_parallel(contiguous(W_next), contiguous(delta_next), contiguous(z), act, dc, False,
+                                    _pack(W_next))
+    write_back(delta, dc)
 
 
 @_dispatch
 def weight_grad_serial(delta, a_prev, grad_W):
     """Serial twin of :func:`weight_grad` (BP3 of :func:`weight_bias_grad`, no bias written)."""
-    _layers.weight_bias_grad_serial(delta, a_prev, grad_W, grad_W[0], False)
+    gc = contiguous(grad_W)
+    _layers.weight_bias_grad_serial(contiguous(delta), contiguous(a_prev), gc, gc[0], False)
+    write_back(grad_W, gc)
 
 
 @_dispatch
 def weight_grad_parallel(delta, a_prev, grad_W):
     """``parallel=True`` twin of :func:`weight_grad`."""
-    _layers.weight_bias_grad_parallel(delta, a_prev, grad_W, grad_W[0], False)
+    gc = contiguous(grad_W)
+    _layers.weight_bias_grad_parallel(contiguous(delta), contiguous(a_prev), gc, gc[0], False)
+    write_back(grad_W, gc)
 
 
 @_dispatch
 def weight_bias_grad_serial(delta, a_prev, grad_W, grad_b):
     """Serial twin of :func:`weight_bias_grad`."""
-    _layers.weight_bias_grad_serial(delta, a_prev, grad_W, grad_b, True)
+    gc, bc = contiguous(grad_W), contiguous(grad_b)
+    _layers.weight_bias_grad_serial(contiguous(delta), contiguous(a_prev), gc, bc, True)
+    write_back(grad_W, gc)
+    write_back(grad_b, bc)
 
 
 @_dispatch
 def weight_bias_grad_parallel(delta, a_prev, grad_W, grad_b):
     """``parallel=True`` twin of :func:`weight_bias_grad`."""
-    _layers.weight_bias_grad_parallel(delta, a_prev, grad_W, grad_b, True)
+    gc, bc = contiguous(grad_W), contiguous(grad_b)
+    _layers.weight_bias_grad_parallel(contiguous(delta), contiguous(a_prev), gc, bc, True)
+    write_back(grad_W, gc)
+    write_back(grad_b, bc)
+
+
+def contiguous(a):
+    """``a`` itself where it is typed C-contiguous, else a C-contiguous copy (compiled code only):
+    the products address their operands as flat row-major arrays."""
+    raise NotImplementedError("contiguous is for compiled code")
+
+
+@overload(contiguous, inline="always")
+def _contiguous(a):
+    if a.layout == "C":
+        return lambda a: a
+    return lambda a: np.ascontiguousarray(a)
+
+
+def write_back(dst, src):
+    """Copy ``src`` (what :func:`contiguous` gave for ``dst``) into ``dst`` unless it is ``dst``."""
+    raise NotImplementedError("write_back is for compiled code")
+
+
+@overload(write_back, inline="always")
+def _write_back(dst, src):
+    if dst.layout == "C":
+        return lambda dst, src: None
+
+    def impl(dst, src):
+        dst[...] = src
+
+    return impl
 
 
 @cached_njit(nogil=True)
@@ -112,9 +167,9 @@ def linear_forward(W, b, a_prev, act, z, a):
         Outputs; ``a`` may be ``z`` when z^l is not needed.
     """
     if _parallel_pays(a_prev.shape[0], W.size):
-        _layers.linear_forward_parallel(W, b, a_prev, act, z, a, False, _pack(W))
+        linear_forward_parallel(W, b, a_prev, act, z, a)
     else:
-        _layers.linear_forward_serial(W, b, a_prev, act, z, a, False, _pack(W))
+        linear_forward_serial(W, b, a_prev, act, z, a)
 
 
 @_dispatch
@@ -167,9 +222,9 @@ def backprop_delta(W_next, delta_next, z, act, delta):
         Output δ^l; must not alias ``z`` or ``delta_next``.
     """
     if _parallel_pays(z.shape[0], W_next.size):
-        _layers.backprop_delta_parallel(W_next, delta_next, z, act, delta, False, _pack(W_next))
+        backprop_delta_parallel(W_next, delta_next, z, act, delta)
     else:
-        _layers.backprop_delta_serial(W_next, delta_next, z, act, delta, False, _pack(W_next))
+        backprop_delta_serial(W_next, delta_next, z, act, delta)
 
 
 @_dispatch
@@ -186,9 +241,9 @@ def weight_grad(delta, a_prev, grad_W):
         Output, overwritten.
     """
     if _parallel_pays(delta.shape[0], grad_W.size):
-        _layers.weight_bias_grad_parallel(delta, a_prev, grad_W, grad_W[0], False)
+        weight_grad_parallel(delta, a_prev, grad_W)
     else:
-        _layers.weight_bias_grad_serial(delta, a_prev, grad_W, grad_W[0], False)
+        weight_grad_serial(delta, a_prev, grad_W)
 
 
 @_dispatch
@@ -224,6 +279,6 @@ def weight_bias_grad(delta, a_prev, grad_W, grad_b):
         Output, overwritten.
     """
     if _parallel_pays(delta.shape[0], grad_W.size):
-        _layers.weight_bias_grad_parallel(delta, a_prev, grad_W, grad_b, True)
+        weight_bias_grad_parallel(delta, a_prev, grad_W, grad_b)
     else:
-        _layers.weight_bias_grad_serial(delta, a_prev, grad_W, grad_b, True)
+        weight_bias_grad_serial(delta, a_prev, grad_W, grad_b)
