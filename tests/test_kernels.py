@@ -106,3 +106,22 @@ def test_strided_and_fortran_arrays_give_the_contiguous_answer(dtype, rng):
         dc = np.empty((N, n_in), dtype)
         cpu.backprop_delta(W, delta, np.ascontiguousarray(x), A.TANH, dc)
         np.testing.assert_array_equal(d, dc)
+
+
+def test_whole_network_kernels_take_a_strided_x(rng):
+    import fastbp
+
+    net = fastbp.MLP([6, 9, 2], ["tanh", "softmax"], "cross_entropy", seed=0)
+    s = net.spec
+    x = rng.standard_normal((11, 12)).astype(np.float32)[:, ::2]
+    y = rng.integers(0, 2, 11)
+    work = np.empty(s.workspace_size(11), np.float32)
+    got, want = np.empty_like(net.params), np.empty_like(net.params)
+    c = cpu.loss_and_grad(net.params, s.sizes, s.activations, s.loss, x, y, got, work)
+    cw = cpu.loss_and_grad(net.params, s.sizes, s.activations, s.loss, np.ascontiguousarray(x), y, want, work)
+    assert c == cw
+    np.testing.assert_array_equal(got, want)
+    out, out_c = np.empty((11, 2), np.float32), np.empty((11, 2), np.float32)
+    cpu.forward(net.params, s.sizes, s.activations, x, out, work)
+    cpu.forward(net.params, s.sizes, s.activations, np.ascontiguousarray(x), out_c, work)
+    np.testing.assert_array_equal(out, out_c)

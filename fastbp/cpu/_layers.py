@@ -288,6 +288,35 @@ def loss_body(loss, z, a, y, labels, sample_weight):
     return total / N
 
 
+def contiguous(a):
+    """``a`` itself where it is typed C-contiguous, else a C-contiguous copy (compiled code only):
+    the products address their operands as flat row-major arrays."""
+    raise NotImplementedError("contiguous is for compiled code")
+
+
+@overload(contiguous, inline="always")
+def _contiguous(a):
+    if a.layout == "C":
+        return lambda a: a
+    return lambda a: np.ascontiguousarray(a)
+
+
+def write_back(dst, src):
+    """Copy ``src`` (what :func:`contiguous` gave for ``dst``) into ``dst`` unless it is ``dst``."""
+    raise NotImplementedError("write_back is for compiled code")
+
+
+@overload(write_back, inline="always")
+def _write_back(dst, src):
+    if dst.layout == "C":
+        return lambda dst, src: None
+
+    def impl(dst, src):
+        dst[...] = src
+
+    return impl
+
+
 def normalised_targets(y, sample_weight, n_out, like):
     """(y, labels, sample_weight) in the one form the kernels are compiled for, per dtype.
 

@@ -16,11 +16,11 @@ library).
 from __future__ import annotations
 
 import numpy as np
-from numba.extending import overload
 
 from .._cache import cached_njit
 from ..config import FASTMATH
 from . import _layers
+from ._layers import contiguous, write_back
 from .network import _parallel_pays
 
 __all__ = [
@@ -107,35 +107,6 @@ def weight_bias_grad_parallel(delta, a_prev, grad_W, grad_b):
     _layers.weight_bias_grad_parallel(contiguous(delta), contiguous(a_prev), gc, bc, True)
     write_back(grad_W, gc)
     write_back(grad_b, bc)
-
-
-def contiguous(a):
-    """``a`` itself where it is typed C-contiguous, else a C-contiguous copy (compiled code only):
-    the products address their operands as flat row-major arrays."""
-    raise NotImplementedError("contiguous is for compiled code")
-
-
-@overload(contiguous, inline="always")
-def _contiguous(a):
-    if a.layout == "C":
-        return lambda a: a
-    return lambda a: np.ascontiguousarray(a)
-
-
-def write_back(dst, src):
-    """Copy ``src`` (what :func:`contiguous` gave for ``dst``) into ``dst`` unless it is ``dst``."""
-    raise NotImplementedError("write_back is for compiled code")
-
-
-@overload(write_back, inline="always")
-def _write_back(dst, src):
-    if dst.layout == "C":
-        return lambda dst, src: None
-
-    def impl(dst, src):
-        dst[...] = src
-
-    return impl
 
 
 @cached_njit(nogil=True)

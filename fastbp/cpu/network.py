@@ -173,10 +173,11 @@ def forward(params, sizes, acts, x, out, work):
     work : 1-D float array
         Workspace of at least ``fastbp.layout.workspace_size(sizes, N)`` elements.
     """
+    xc = _layers.contiguous(x)  # the products read x as a flat row-major array
     if _parallel_pays(x.shape[0], params.shape[0], True):
-        _forward_parallel(params, sizes, acts, x, out, work)
+        _forward_parallel(params, sizes, acts, xc, out, work)
     else:
-        _forward_serial(params, sizes, acts, x, out, work)
+        _forward_serial(params, sizes, acts, xc, out, work)
 
 
 @cached_njit(nogil=True, fastmath=FASTMATH)
@@ -212,6 +213,7 @@ def loss_and_grad(params, sizes, acts, loss, x, y, grad, work, sample_weight=Non
         C, the (weighted) mean loss over the minibatch.
     """
     Y, lab, sw = _layers.normalised_targets(y, sample_weight, sizes[sizes.shape[0] - 1], params)
+    xc = _layers.contiguous(x)  # the products read x as a flat row-major array
     if _parallel_pays(x.shape[0], params.shape[0]):
-        return _loss_and_grad_parallel(params, sizes, acts, loss, x, Y, lab, grad, work, sw)
-    return _loss_and_grad_serial(params, sizes, acts, loss, x, Y, lab, grad, work, sw)
+        return _loss_and_grad_parallel(params, sizes, acts, loss, xc, Y, lab, grad, work, sw)
+    return _loss_and_grad_serial(params, sizes, acts, loss, xc, Y, lab, grad, work, sw)
