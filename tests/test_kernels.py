@@ -125,3 +125,47 @@ def test_whole_network_kernels_take_a_strided_x(rng):
     cpu.forward(net.params, s.sizes, s.activations, x, out, work)
     cpu.forward(net.params, s.sizes, s.activations, np.ascontiguousarray(x), out_c, work)
     np.testing.assert_array_equal(out, out_c)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_tile_element_is_one_fma_chain_in_the_order_of_k(dtype, rng):
+    # The micro-kernel's contract, bitwise: C[i, j] = fma(A[i, K-1], B[K-1, j], ... fma(A[i, 0],
+    # B[0, j], 0)), with ``scale`` times C's old value, for tiles cut anywhere, stored either way.
+    from numba import njit
+
+    from fastbp.cpu._tile import fma, tile_dims, tile_fma
+
+    @njit
+    def tiles(A, B, C, M, N, K, transposed, scale):
+        MR, NR = tile_dims(A)
+        cis, cjs = (1, M) if transposed else (N, 1)
+        for i0 in range(0, M, MR):
+            for j0 in range(0, N, NR):
+                tile_fma(A, i0 * K, K, 1, B, j0, N, K, C, i0 * cis + j0 * cjs, cis, cjs, min(MR, M - i0),
+                         min(NR, N - j0), scale)
+
+    @njit
+    def chains(A, B, M, N, K):
+        C = np.empty((M, N), A.dtype)
+        for i in range(M):
+            for j in range(N):
+                c = A.dtype.type(0.0)
+                for k in range(K):
+                    c = fma(A[i, k], B[k, j], c)
+                C[i, j] = c
+        return C
+
+    for M, N, depth in [(1, 1, 1), (3, 7, 13), (13, 65, 7), (65, 33, 17), (9, 40, 1)]:
+        A = rng.standard_normal((M, depth)).astype(dtype)
+        B = rng.standard_normal((depth, N)).astype(dtype)
+        want = chains(A, B, M, N, depth)
+        C = np.full((M, N), np.nan, dtype)
+        tiles(A, B, C, M, N, depth, False, False)
+        np.testing.assert_array_equal(C, want)
+        CT = np.full((N, M), np.nan, dtype)
+        tiles(A, B, CT, M, N, depth, True, False)
+        np.testing.assert_array_equal(CT.T, want)
+        S = rng.random((M, N)).astype(dtype)
+        C = S.copy()
+        tiles(A, B, C, M, N, depth, False, True)
+        np.testing.assert_array_equal(C, want * S)
