@@ -336,18 +336,21 @@ def _user_training_loop(params, sizes, acts, loss, x, y, grad, work, lr, steps, 
 
 
 def test_user_njit_loop_calls_the_kernels():
-    # float32, the specialisation that the thread and cache tests compile too
+    # float32, with a strided x: the whole-network kernels take any layout of x
     net = _net(dtype=np.float32)
     x, y = _data(16, np.float32, seed=2)
+    strided = np.repeat(x, 2, axis=1)[:, ::2]  # x's values, every other column of a wider array
+    assert not strided.flags.c_contiguous
     p0 = net.params.copy()
     steps = 25
     losses = np.empty(steps)
     grad = np.empty(net.n_params, np.float32)
     work = np.empty(fastbp.workspace_size(net.sizes, 16), np.float32)
     spec = net.spec
-    _user_training_loop(net.params, spec.sizes, spec.activations, spec.loss, x, y, grad, work, 0.5, steps, losses)
+    _user_training_loop(net.params, spec.sizes, spec.activations, spec.loss, strided, y, grad, work, 0.5, steps,
+                        losses)
     assert losses[-1] < 0.8 * losses[0]
-    # The same loop in Python through the public API gives the same parameters.
+    # The same loop in Python through the public API, on a contiguous x, gives the same parameters.
     ref = _net(dtype=np.float32)
     np.testing.assert_array_equal(ref.params, p0)
     for s in range(steps):
