@@ -95,9 +95,8 @@ def worker(kind: str, config: str, dtype_name: str, repeats: int, parts: int) ->
     g = np.empty_like(net.params)
     work = np.empty(workspace_size(s.sizes, N), dt)
     per = -(-N // parts)
-    lengths = {min(per, N), N - (parts - 1) * per} - {0}
-    serial_all, parallel = network.STEP_TWINS[net._backend.paths(net.params, N)]
-    serial_part = network.STEP_TWINS[net._backend.paths(net.params, *lengths)][0]
+    serial_all, parallel = network.VARIANTS["serial"][1], network.VARIANTS["parallel"][1]
+    serial_part = serial_all
     G = np.empty((parts, net.params.shape[0]), dt)
     WS = np.empty((parts, workspace_size(s.sizes, per)), dt)
     lr = dt.type(1e-3)
