@@ -1,4 +1,4 @@
-"""``python -m fastbp``: the demo and a report of the machine and the build."""
+"""``python -m fastbp``: the demo, the benchmark suite, and a report of the machine and the build."""
 
 from __future__ import annotations
 
@@ -278,8 +278,15 @@ def info() -> int:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        from fastbp.benchmark.suite import main as bench
+
+        return bench(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m fastbp", description=__doc__)
     sub = parser.add_subparsers(dest="command")
+    sub.add_parser("bench", help="the benchmark suite: a training step against NumPy, PyTorch and JAX "
+                                 "(python -m fastbp bench --help)")
     demo = sub.add_parser("demo", help="train on scikit-learn's digits; accuracy and time against NumPy")
     demo.add_argument("--epochs", type=int, default=30)
     demo.add_argument("--dtype", choices=["float32", "float64"], default="float32")

@@ -42,7 +42,7 @@ ACTS = ["identity", "relu", "tanh", "sigmoid", "gelu"]
 _exact = exact
 
 
-def _inputs(rng, shape, dtype):
+def random_inputs(rng, shape, dtype):
     """W, b, a_prev, δ of a layer; each column scaled by 10^U(-2, 2)."""
     N, n_in, n_out = shape
 
@@ -178,7 +178,7 @@ def test_kernel_within_rounding_bound(comp, dtype, variant):
     rng = np.random.default_rng(2024)
     kernel = comp.callables(variant)
     for shape in SHAPES:
-        inp = _inputs(rng, shape, dtype)
+        inp = random_inputs(rng, shape, dtype)
         for act in comp.acts:
             got = comp.run(kernel, inp, act)
             exact = comp.exact(inp, act)
@@ -191,7 +191,7 @@ def test_the_bound_is_tight_enough_to_see_a_one_term_error():
     """The bound is not vacuous: scaling one of K = 65 products by 1 + 5e-4 (the error issue #17
     found unnoticed) in a float32 weight gradient exceeds it in many entries."""
     rng = np.random.default_rng(1)
-    inp = _inputs(rng, (65, 9, 7), np.float32)
+    inp = random_inputs(rng, (65, 9, 7), np.float32)
     _, _, a_prev, delta = inp
     gW = _run_wgrad(K.weight_grad_serial, inp, "identity")[0]
     exact, bound = _grad_exact(inp, "identity")[0], _grad_bound(inp, "identity", np.float32)[0]

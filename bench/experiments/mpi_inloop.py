@@ -1,6 +1,6 @@
 """Issue #12, item 2: the per-step ``Allreduce`` from a Python loop, or from inside the compiled loop.
 
-    python bench/mpi_inloop.py [--configs digits medium large] [--dtype float32] [--epochs 5]
+    python bench/experiments/mpi_inloop.py [--configs digits medium large] [--dtype float32] [--epochs 5]
                                [--steps 64] [--rounds 3] [--ranks 2]
 
 Two step loops over the same global minibatches, each rank taking its rows of each as
@@ -34,10 +34,10 @@ import zlib
 
 import numpy as np
 
-HERE = pathlib.Path(__file__).resolve().parent
+HERE = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(HERE.parent))
 
-from bench.configs import CONFIGS  # noqa: E402
+from fastbp.benchmark.configs import CONFIGS  # noqa: E402
 
 EXTRA = {"digits": ([64, 128, 10], 32, ["relu", "softmax"], "cross_entropy")}
 

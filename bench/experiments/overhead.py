@@ -1,6 +1,6 @@
 """Python-side overhead of ``MLP.loss_and_grad(x, y, out=g)`` over the bare compiled kernel.
 
-    python bench/overhead.py
+    python bench/experiments/overhead.py
 
 Times, float32, medians of 7 x 3000 calls in one process (compile excluded): the kernel
 ``fastbp.cpu.loss_and_grad`` on already-checked arrays, the same step through the model, and
@@ -17,11 +17,11 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 import fastbp  # noqa: E402
-from bench.configs import problem  # noqa: E402
 from fastbp import cpu  # noqa: E402
+from fastbp.benchmark.configs import problem  # noqa: E402
 
 fastbp.config.PARALLEL_COMPILE_AFTER = 0.0  # steady state: parallel twins where they pay, from the warm-up on
 

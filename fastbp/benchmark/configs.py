@@ -1,4 +1,9 @@
-"""The named benchmark configurations of DESIGN.md §5 and their data."""
+"""The benchmark configurations and their data.
+
+``CONFIGS`` are the named configurations (tiny, small, medium, large); ``SWEEP`` are networks
+near them at the widths and batches users pick.  Any other network is spelled
+``widths:batch:activations:loss``, such as ``64-100-10:32:relu,softmax:cross_entropy``.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ CONFIGS = {
 
 
 #: Networks near the named ones at the widths and batches users pick (odd widths, widths that
-#: are not multiples of 16, batches from 1 to 1024): ``python bench/run.py --sweep``.
+#: are not multiples of 16, batches from 1 to 1024).
 SWEEP = {
     "w10-50-3 b16": ([10, 50, 3], 16, ["relu", "softmax"], "cross_entropy"),
     "w5-7-1 b1": ([5, 7, 1], 1, ["tanh", "identity"], "mse"),

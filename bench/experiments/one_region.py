@@ -1,6 +1,6 @@
 """One parallel region per training step against the twins' per-product regions (#14, item 2).
 
-    python bench/one_region.py --configs small medium 4-32-32-1:512:sigmoid:mse ...
+    python bench/experiments/one_region.py --configs small medium 4-32-32-1:512:sigmoid:mse ...
                                [--dtypes float32 float64] [--processes 5] [--repeats 30] [--parts 2]
 
 The design that issue #14 names as the target for small and medium problems: the minibatch split
@@ -29,7 +29,7 @@ import sys
 
 import numpy as np
 
-HERE = pathlib.Path(__file__).resolve().parent
+HERE = pathlib.Path(__file__).resolve().parent.parent
 CONTENDERS = ("per-product", "one-region", "serial")
 
 
@@ -78,8 +78,9 @@ def _one_region_step():
 def worker(kind: str, config: str, dtype_name: str, repeats: int, parts: int) -> dict:
     sys.path.insert(0, str(HERE.parent))
     import fastbp
-    from bench.configs import problem
-    from bench.run import DTYPES, _median_time
+    from fastbp.benchmark import median_time as _median_time
+    from fastbp.benchmark.configs import problem
+    DTYPES = {"float32": np.float32, "float64": np.float64}
     from fastbp.cpu import network
     from fastbp.layout import workspace_size
 
@@ -148,7 +149,7 @@ def main() -> int:
     root = str(HERE.parent)
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
                           text=True).stdout.strip()
-    print(f"`python bench/one_region.py {shlex.join(sys.argv[1:])}` at {head}; {a.processes} processes per "
+    print(f"`python bench/experiments/one_region.py {shlex.join(sys.argv[1:])}` at {head}; {a.processes} processes per "
           "contender, interleaved.\n")
     print("| config | dtype | per-product regions (MLP's twin) | one region | serial twin | per-product / one region |")
     print("|---|---|---|---|---|---|")

@@ -1,7 +1,7 @@
 """The training step's time against where its buffers fall: the workspace and the gradient
 shifted by whole cache lines relative to 4 KiB pages.
 
-    python bench/alignment.py [--configs large] [--dtype float32] [--processes 3] [--steps 10]
+    python bench/experiments/alignment.py [--configs large] [--dtype float32] [--processes 3] [--steps 10]
 
 At widths whose rows are whole 4 KiB pages (``large``: 1024 in float32) every row of every
 buffer starts at the same address modulo 4 KiB, and a kernel that adds into the rows of its
@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-HERE = pathlib.Path(__file__).resolve().parent
+HERE = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(HERE.parent))
 
 #: (workspace shift, gradient shift) in elements of the dtype's 4-byte or 8-byte words: 64 B is 16
@@ -41,7 +41,7 @@ def _shifted(size: int, dtype, shift_bytes: int) -> np.ndarray:
 
 def child(config: str, dtype_name: str, steps: int) -> dict:
     import fastbp
-    from bench.configs import problem
+    from fastbp.benchmark.configs import problem
     from fastbp.cpu import network
 
     dtype = np.dtype(dtype_name).type
@@ -80,7 +80,8 @@ def main(argv=None) -> None:
     if a.child:
         print(json.dumps(child(a.child[0], a.child[1], int(a.child[2]))))
         return
-    print(f"`python bench/alignment.py --configs {' '.join(a.configs)} --dtype {a.dtype} --processes {a.processes}`\n")
+    print(f"`python bench/experiments/alignment.py --configs {' '.join(a.configs)} --dtype {a.dtype} "
+          f"--processes {a.processes}`\n")
     print("| configuration | " + " | ".join(f"workspace +{w} B, gradient +{g} B" for w, g in SHIFTS_BYTES) + " |")
     print("|---|" + "---|" * len(SHIFTS_BYTES))
     for config in a.configs:
