@@ -1,6 +1,6 @@
 """GPU benchmark: correctness and timings of fastbp.cuda on a real GPU, in one run.
 
-For the four configurations of DESIGN.md §5 plus a wide-batch narrow network
+For the four named configurations (:mod:`fastbp.benchmark.configs`) plus a wide-batch narrow network
 ([64, 64, 64, 64, 1], batch 65536, for the fully fused kernel), float32:
 
 1. correctness: the loss and gradient of the fused and the layered path against the
@@ -36,7 +36,7 @@ os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "0")
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from bench.configs import CONFIGS  # noqa: E402
+from fastbp.benchmark.configs import CONFIGS  # noqa: E402
 
 GPU_CONFIGS = dict(CONFIGS)
 GPU_CONFIGS["narrow"] = ([64, 64, 64, 64, 1], 65536, ["relu", "relu", "relu", "identity"], "mse")

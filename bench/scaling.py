@@ -40,7 +40,7 @@ import numpy as np
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from bench.configs import CONFIGS  # noqa: E402
+from fastbp.benchmark.configs import CONFIGS  # noqa: E402
 
 #: The digits demo's network and batch (python -m fastbp demo).
 EXTRA = {"digits": ([64, 128, 10], 32, ["relu", "softmax"], "cross_entropy")}

@@ -65,7 +65,7 @@ def child(batch: int, call: str, seconds: float) -> dict:
     import fastbp
 
     fastbp.config.PARALLEL_COMPILE_AFTER = 0.0  # steady state: parallel twins where they pay, from the warm-up on
-    from bench.configs import CONFIGS
+    from fastbp.benchmark.configs import CONFIGS
 
     sizes, _, acts, loss = CONFIGS["medium"]
     net = fastbp.MLP(sizes, acts, loss, dtype=np.float32, seed=0)
