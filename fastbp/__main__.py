@@ -155,21 +155,21 @@ def _compile_task(dtype_name: str, task: str, ykind: str | None, weights: bool) 
     args = (net.params, net.spec.sizes, net.spec.activations)
     work = np.empty(fastbp.workspace_size(sizes, N), dtype)
     grad = np.empty_like(net.params)
-    _validation._all_finite(x)
-    _validation._all_finite(net.params)
+    _validation.all_finite(x)
+    _validation.all_finite(net.params)
     if task == "forward":
         out = np.empty((N, sizes[-1]), dtype)
         for twin, _ in network.VARIANTS.values():
             twin(*args, x, out, work)
     elif task == "loss_and_grad":
-        yk, lab, swk = net._backend.kernel_targets(y, sw)
+        yk, lab, swk = net.backend_object.kernel_targets(y, sw)
         for _, twin in network.VARIANTS.values():
             twin(*args, net.spec.loss, x, yk, lab, grad, work, swk)
-        (_validation._label_bounds if ykind == "labels" else _validation._bounds)(y)
+        (_validation.label_bounds if ykind == "labels" else _validation.value_bounds)(y)
     elif task == "train_epoch":
         net.fit(x, y, epochs=1, batch_size=N, verbose=False, sample_weight=sw)
         state = np.zeros(2 * net.n_params, dtype)
-        yk, lab, sw = net._backend.kernel_targets(y, sw)
+        yk, lab, sw = net.backend_object.kernel_targets(y, sw)
         xb, yb, lb, swb = np.empty_like(x), np.empty_like(yk), np.empty_like(lab), np.empty_like(sw)
         hp = hyper_vector(Adam(), 1e-3, 0.0)
         for run in train.EPOCH_VARIANTS.values():  # what fit runs, every variant
@@ -190,7 +190,7 @@ def _compile_task(dtype_name: str, task: str, ykind: str | None, weights: bool) 
     else:  # evaluate
         net.evaluate(x, y)
         zL = np.empty((N, sizes[-1]), dtype)
-        yk, lab, swk = net._backend.kernel_targets(y)
+        yk, lab, swk = net.backend_object.kernel_targets(y)
         _layers.loss_body(net.spec.loss, zL, zL.copy(), yk, lab, swk)
     what = f"{dtype_name} {task}" + (f", {ykind}" if ykind else "") + (", sample_weight" if weights else "")
     return what, time.perf_counter() - t0

@@ -7,6 +7,7 @@ wake-up, tens of microseconds under contention) to every call made beside other 
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Sequence
 
@@ -20,7 +21,8 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 @cached_njit()
-def _all_finite(a):
+def all_finite(a):
+    """Whether every element of ``a`` is finite (one pass, no temporary)."""
     for v in a.ravel():
         if not np.isfinite(v):
             return False
@@ -28,7 +30,8 @@ def _all_finite(a):
 
 
 @cached_njit()
-def _label_bounds(y):
+def label_bounds(y):
+    """(smallest, largest) of a non-empty 1-d array of class labels."""
     lo = y[0]
     hi = y[0]
     for v in y:
@@ -40,7 +43,8 @@ def _label_bounds(y):
 
 
 @cached_njit()
-def _bounds(a):
+def value_bounds(a):
+    """(smallest, largest) element of a non-empty array."""
     lo = a.flat[0]
     hi = a.flat[0]
     for v in a.ravel():
@@ -59,6 +63,19 @@ def check_dtype(dtype) -> np.dtype:
     if dt not in FLOAT_DTYPES:
         raise TypeError(f"dtype: expected np.float32 or np.float64, got {dt}")
     return dt
+
+
+def check_float(name: str, value, lo: float = 0.0, hi: float = math.inf, lo_open=False, hi_open=False) -> float:
+    """``value`` as a float, checked to be a finite number in [lo, hi] (open at an end where told)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: expected a number, got {value!r}")
+    v = float(value)
+    bad = not math.isfinite(v) or v < lo or v > hi or (lo_open and v == lo) or (hi_open and v == hi)
+    if bad:
+        lb = "(" if lo_open else "["
+        rb = ")" if hi_open else "]"
+        raise ValueError(f"{name}: expected a finite number in {lb}{lo}, {hi}{rb}, got {value!r}")
+    return v
 
 
 def check_int(name: str, value, minimum: int | None = None) -> int:
@@ -86,7 +103,7 @@ def as_array(name: str, a) -> np.ndarray:
 def as_float_matrix(name: str, arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """C-contiguous 2-D array of ``dtype``, checked finite."""
     out = np.ascontiguousarray(arr, dtype=dtype)
-    if out.size and not _all_finite(out):
+    if out.size and not all_finite(out):
         raise ValueError(msg_not_finite(name))
     return out
 
@@ -215,7 +232,7 @@ def check_y(spec, y, n: int, name: str = "y") -> np.ndarray:
             f"{name}: float labels given where integer class labels are meant; pass integer labels "
             f"in [0, {n_out}) of shape ({n},), or targets of shape ({n}, {n_out})"
         )
-    lo, hi = _label_bounds(arr)
+    lo, hi = label_bounds(arr)
     if lo < 0 or hi >= n_out:
         raise ValueError(msg_label_range(name, n_out, lo, hi))
     return np.ascontiguousarray(arr, dtype=np.int64)
@@ -223,7 +240,7 @@ def check_y(spec, y, n: int, name: str = "y") -> np.ndarray:
 
 def _check_target_values(spec, name: str, y: np.ndarray) -> np.ndarray:
     if spec.loss_name in ("cross_entropy", "binary_cross_entropy"):
-        lo, hi = _bounds(y)
+        lo, hi = value_bounds(y)
         if lo < 0 or hi > 1:
             raise ValueError(msg_probabilities(name, spec.loss_name, lo, hi))
     return y
@@ -237,7 +254,7 @@ def check_sample_weight(spec, sample_weight, n: int) -> np.ndarray | None:
     if sw.shape != (n,):
         raise ValueError(f"sample_weight: expected shape ({n},) to match x, got {sw.shape}")
     sw = np.ascontiguousarray(sw, dtype=spec.dtype)
-    if not _all_finite(sw):
+    if not all_finite(sw):
         raise ValueError(msg_not_finite("sample_weight"))
     if sw.min() < 0:
         raise ValueError("sample_weight: weights must be non-negative")

@@ -29,7 +29,7 @@ from . import _validation as V
 from . import reference as _ref
 from .backends._host import HostBackend, HostTrainer, host_step, stats
 
-__all__ = ["Group", "check_shard", "mpi_info"]
+__all__ = ["Group", "LocalGroup", "check_shard", "group_of", "mpi_info"]
 
 #: Debug mode: compare θ across ranks (a CRC32 of its bytes) after every epoch and at the end of
 #: fit, and raise if they differ (set ``FASTBP_MPI_CHECK=1``).
@@ -49,6 +49,75 @@ def mpi_info() -> str:
         return f"not available ({type(e).__name__}: {e})"
     lib = " ".join(MPI.Get_library_version().strip().splitlines()[0].split())
     return f"mpi4py {mpi4py.__version__}, {lib}, MPI {'.'.join(map(str, MPI.Get_version()))}"
+
+
+def group_of(comm) -> Group | LocalGroup:
+    """The group ``fit`` trains over: the ranks of ``comm``, or this process alone (None)."""
+    return LocalGroup() if comm is None else Group(comm)
+
+
+class LocalGroup:
+    """One process training alone: the interface of :class:`Group`, with no communication.
+
+    ``fit`` runs the same driver for both, so that every step of it that involves the other
+    ranks is one method call here and a no-op (or the local computation) in a single process.
+    """
+
+    rank, size = 0, 1
+
+    def agree(self, fn, *args):
+        return fn(*args)
+
+    def allgather(self, value) -> list:
+        return [value]
+
+    def bcast(self, value):
+        return value
+
+    def broadcast_array(self, arr: np.ndarray) -> None:
+        pass
+
+    def sum_in_place(self, buf: np.ndarray) -> None:
+        pass
+
+    def finish(self, params: np.ndarray) -> None:
+        pass
+
+    def end_epoch(self, params: np.ndarray, epoch: int) -> None:
+        pass
+
+    def check_data(self, backend, x, y, sample_weight, name: str = "x"):
+        """(x, y, sample_weight, None) checked by the backend, in its own form."""
+        xa, _ = backend.check_x(x, name)
+        yname = "y" if name == "x" else "validation_data[1]"
+        ya = backend.check_y(y, xa.shape[0], yname)
+        return xa, ya, backend.check_sample_weight(sample_weight, xa.shape[0]), None
+
+    def agree_on_fit(self, backend, a, settings: dict):
+        a.n_total = a.x.shape[0]
+        return a, 0
+
+    def trainer(self, backend, params, x, y, sample_weight, opt, state, batch_size, clip, alpha, offset):
+        return backend.trainer(params, x, y, sample_weight, opt, state, batch_size, clip, alpha)
+
+    def run_callback(self, trainer, callback, epoch: int, logs: dict, net) -> bool:
+        """Whether the callback asks to stop; θ is the trainer's during the call, and changes it
+        makes are kept."""
+        if callback is None:
+            return False
+        trainer.pull()
+        stop = bool(callback(epoch, logs, net))
+        trainer.push()
+        return stop
+
+    def evaluate(self, backend, params, x, y):
+        return backend.evaluate(params, x, y)
+
+    def weight_total(self, x, sw) -> float:
+        return float(x.shape[0]) if sw is None else float(np.sum(sw, dtype=np.float64))
+
+    def loss_and_grad_sum(self, backend, params, x, y, sw, grad) -> tuple[float, float]:
+        return backend.loss_and_grad(params, x, y, sw, grad), self.weight_total(x, sw)
 
 
 class Group:
@@ -113,6 +182,48 @@ class Group:
             self.check_identical(params, "at the end of fit")
         self.broadcast_array(params)
 
+    # -- the steps of fit ---------------------------------------------------------------------
+
+    def end_epoch(self, params: np.ndarray, epoch: int) -> None:
+        """θ checked identical on every rank in debug mode (``FASTBP_MPI_CHECK=1``)."""
+        if CHECK_EVERY_EPOCH:
+            self.check_identical(params, f"after epoch {epoch}")
+
+    def check_data(self, backend, x, y, sample_weight, name: str = "x"):
+        """(x, y, sample_weight, kind) of this rank's shard: :func:`check_shard`."""
+        return check_shard(backend, x, y, sample_weight, name)
+
+    def agree_on_fit(self, backend, a, settings: dict):
+        return agree_on_fit(self, backend, a, settings)
+
+    def trainer(self, backend, params, x, y, sample_weight, opt, state, batch_size, clip, alpha, offset):
+        return DistributedTrainer(self, backend, params, x, y, sample_weight, opt, state, batch_size, clip, alpha,
+                                  offset)
+
+    def run_callback(self, trainer, callback, epoch: int, logs: dict, net) -> bool:
+        """Whether to stop: every rank runs its own callback; if one raises every rank raises it,
+        and if one asks to stop every rank stops.  Rank 0's θ is every rank's afterwards."""
+        trainer.pull()
+
+        def run():
+            return callback is not None and bool(callback(epoch, logs, net))
+
+        stop = any(self.allgather(self.agree(run)))
+        trainer.push()
+        return stop
+
+    def evaluate(self, backend, params, x, y):
+        return evaluate(self, backend, params, x, y)
+
+    def weight_total(self, x, sw) -> float:
+        """The weight total (rows, or the sum of the sample weights) of every rank's shard."""
+        buf = np.array([float(x.shape[0]) if sw is None else float(np.sum(sw, dtype=np.float64))])
+        self.sum_in_place(buf)
+        return float(buf[0])
+
+    def loss_and_grad_sum(self, backend, params, x, y, sw, grad) -> tuple[float, float]:
+        return loss_and_grad_sum(self, backend, params, x, y, sw, grad)
+
 
 def _portable(err):
     """An exception that survives pickling (its type and message), or None."""
@@ -163,16 +274,17 @@ def check_shard(backend, x, y, sample_weight, name: str = "x") -> tuple[Any, Any
     return xa, ya, sw, ("labels" if ya.ndim == 1 else "targets")
 
 
-def agree_on_fit(group: Group, backend, a: dict, settings: dict) -> tuple[dict, int]:
+def agree_on_fit(group: Group, backend, a, settings: dict) -> tuple[Any, int]:
     """Check that every rank passed the same ``settings`` and shards that fit together; returns
     (``a`` completed: the empty shards' y in the others' form, ``n_total``), this rank's offset.
 
-    One ``allgather``, then checks of the gathered values only, so every rank reaches the same
-    verdict (run it under :meth:`Group.agree` all the same)."""
+    ``a`` holds the checked arguments of ``fit`` (``x``, ``y``, ``sw``, ``kind``, ``val``,
+    ``val_kind``).  One ``allgather``, then checks of the gathered values only, so every rank
+    reaches the same verdict (run it under :meth:`Group.agree` all the same)."""
     spec = backend.spec
-    val = a["val"]
-    mine = (settings, a["x"].shape[0], a["kind"], None if val is None else val[0].shape[0], a["val_kind"],
-            None if a["sw"] is None or a["sw"].shape[0] == 0 else float(a["sw"].max()))
+    val = a.val
+    mine = (settings, a.x.shape[0], a.kind, None if val is None else val[0].shape[0], a.val_kind,
+            None if a.sw is None or a.sw.shape[0] == 0 else float(a.sw.max()))
     every = group.allgather(mine)
     for key in settings:
         for r, other in enumerate(every):
@@ -188,17 +300,17 @@ def agree_on_fit(group: Group, backend, a: dict, settings: dict) -> tuple[dict, 
             raise ValueError(f"{name}: class labels on some ranks and targets on others ({sorted(kinds)}); "
                              "every rank must pass the same kind")
     kind = next(e[2] for e in every if e[2] is not None)
-    if a["kind"] is None:
-        a["y"] = empty_targets(spec, kind)
+    if a.kind is None:
+        a.y = empty_targets(spec, kind)
     if val is not None:
         if sum(e[3] for e in every) == 0:
             raise ValueError("validation_data: every rank's shard is empty; expected at least one sample in all")
         vkind = next(e[4] for e in every if e[4] is not None)
-        if a["val_kind"] is None:
-            a["val"] = (val[0], empty_targets(spec, vkind))
-    if a["sw"] is not None and not max((e[5] or 0.0) for e in every) > 0:
+        if a.val_kind is None:
+            a.val = (val[0], empty_targets(spec, vkind))
+    if a.sw is not None and not max((e[5] or 0.0) for e in every) > 0:
         raise ValueError("sample_weight: every weight of every rank is zero; expected at least one positive")
-    a["n_total"] = sum(ns)
+    a.n_total = sum(ns)
     return a, sum(ns[: group.rank])
 
 

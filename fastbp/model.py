@@ -17,24 +17,19 @@ at that moment.
 from __future__ import annotations
 
 import os
-import tempfile
 import threading
-import zipfile
 
 import numpy as np
 
 from . import training as _training
+from ._modelfile import INITS, ModelFileError, read_model_file, write_model_file
 from ._resources import ResourceError, check_fits
-from ._validation import _all_finite, as_array, check_activations, check_dtype, check_int, check_loss, check_sizes
-from .backends import check_backend_name, get_backend
-from .layout import NetworkSpec, n_params
+from ._validation import all_finite, as_array, check_int
+from .backends import Backend, check_backend_name, get_backend
+from .layout import NetworkSpec
+from .optim import OptimizerState
 
 __all__ = ["MLP"]
-
-INITS = ("xavier", "he")
-_FILE_FORMAT = "fastbp-mlp"
-_FILE_VERSION = 1
-
 
 def _rng(seed) -> np.random.Generator:
     if seed is None or isinstance(seed, np.random.Generator):
@@ -161,6 +156,35 @@ class MLP:
         with self._lock:
             self._backend = get_backend(name, self._spec)
 
+    # -- for code that drives the backend protocol (fastbp.training, fastbp.sklearn) ------------
+
+    @property
+    def backend_object(self) -> Backend:
+        """The :class:`fastbp.backends.Backend` that computes for this model.
+
+        Its methods take checked arrays in its own form (see the protocol); code that calls
+        them instead of the model's methods checks its own input.
+        """
+        return self._backend
+
+    @property
+    def lock(self) -> threading.RLock:
+        """The model's re-entrant lock: ``fit`` and a change of backend hold it, so that a block
+        holding it sees θ and the optimizer state change only by its own calls."""
+        return self._lock
+
+    @property
+    def optimizer_state(self) -> OptimizerState | None:
+        """The :class:`fastbp.optim.OptimizerState` of the last ``fit`` (moments, momentum, step
+        count), which the next ``fit`` with the same optimizer continues; None before any."""
+        return self._opt_state
+
+    @optimizer_state.setter
+    def optimizer_state(self, state: OptimizerState | None) -> None:
+        if state is not None and not isinstance(state, OptimizerState):
+            raise TypeError(f"optimizer_state: expected a fastbp.optim.OptimizerState or None, got {state!r}")
+        self._opt_state = state
+
     # -- parameters ---------------------------------------------------------------------------
 
     @property
@@ -173,13 +197,13 @@ class MLP:
         if value is self._params:
             # ``net.params -= lr * g`` updates θ in place, then assigns θ to itself: nothing is
             # left to copy, and a check now could not undo the update (it would cost a scan
-            # and a copy of θ per step: 0.1 ms for 235k parameters).
+            # and a copy of θ per step).
             return
         arr = as_array("params", value)
         if arr.shape != self._params.shape:
             raise ValueError(f"params: expected shape {self._params.shape}, got {arr.shape}")
         arr = arr.astype(self.dtype, copy=False)
-        if not _all_finite(arr):
+        if not all_finite(arr):
             raise ValueError("params: contains NaN or infinity")
         self._params[...] = arr
 
@@ -275,7 +299,114 @@ class MLP:
         loss, acc = b.evaluate(self._params, xb, b.check_y(y, xb.shape[0]))
         return {"loss": loss} if acc is None else {"loss": loss, "accuracy": acc}
 
-    fit = _training.fit
+    def fit(
+        self,
+        x,
+        y,
+        epochs=10,
+        batch_size=32,
+        optimizer="adam",
+        lr=1e-3,
+        shuffle=True,
+        seed=0,
+        validation_data=None,
+        verbose=True,
+        sample_weight=None,
+        schedule="constant",
+        patience=None,
+        min_delta=0.0,
+        restore_best=True,
+        callback=None,
+        clip_norm=None,
+        alpha=0.0,
+        comm=None,
+    ) -> dict:
+        """Train by minibatch gradient descent (or full-batch L-BFGS), continuing from ``params``.
+
+        One driver for every backend (:mod:`fastbp.training`): the epochs, the schedule, validation, early
+        stopping, callbacks, the history and divergence are handled here, and each epoch's
+        minibatch steps run in the backend (the cpu backend's compiled loop,
+        :func:`fastbp.cpu.train.train_epoch`: gather the shuffled batch, loss and gradient,
+        optional norm clipping, optimizer step, with no Python per step).
+
+        Parameters
+        ----------
+        x, y : array_like
+            Training data, as for :meth:`loss_and_grad`.
+        epochs : int, default 10
+            Passes over the data (for L-BFGS: iterations).
+        batch_size : int, default 32
+            Minibatch size; the last batch of an epoch may be smaller.
+        optimizer : str or optimizer object, default "adam"
+            "sgd", "momentum", "nesterov", "adam", "adamw", "lbfgs", or an instance of
+            :class:`fastbp.optim.SGD`, :class:`~fastbp.optim.Adam`, :class:`~fastbp.optim.AdamW`,
+            :class:`~fastbp.optim.LBFGS`.  Its state (momentum, moments) is kept on the model
+            and carries over to the next call of ``fit`` with the same optimizer.
+        lr : float, default 1e-3
+            Learning rate, unless the optimizer object sets its own ``lr``.
+        shuffle : bool, default True
+            Reorder the samples each epoch with ``numpy.random.default_rng(seed).permutation``.
+        seed : int or numpy.random.Generator, default 0
+            Seed of the shuffling: the same seed, data and thread count give bitwise the same params.
+        validation_data : (x_val, y_val), optional
+            Evaluated after each epoch (``val_loss``, ``val_accuracy``).
+        verbose : bool, default True
+            Print one line per epoch: time, loss and metrics.
+        sample_weight : array_like of shape (N,), optional
+            Non-negative per-sample weights (each minibatch loss is the weighted mean).
+        schedule : {"constant", "step", "cosine"} or callable, default "constant"
+            Learning rate per epoch: a name, a :mod:`fastbp.optim` schedule, or ``f(lr, epoch, epochs)``.
+        patience : int, optional
+            Early stopping: stop after ``patience`` epochs without an improvement of more than
+            ``min_delta`` in ``val_loss`` (or ``loss`` without validation data).
+        min_delta : float, default 0
+        restore_best : bool, default True
+            With early stopping, restore the parameters of the best epoch at the end.
+        callback : callable, optional
+            ``callback(epoch, logs, net)`` after each epoch; a true return value stops training.
+            ``net.params`` hold the epoch's θ when it is called, and changes it makes are kept.
+        clip_norm : float, optional
+            Clip the gradient to this Euclidean norm before each step.
+        alpha : float, default 0
+            L2 penalty on the weights (not the biases), scikit-learn's ``alpha``: each minibatch's
+            loss gains α/(2m) Σ_l ‖W^l‖², m its rows (or the sum of its sample weights), and its
+            gradient α W^l / m; for L-BFGS, m is the whole training set.  ``loss`` in the history
+            includes it.
+        comm : mpi4py communicator, optional
+            Data-parallel training over MPI (:mod:`fastbp.distributed`): each rank passes its own
+            shard of ``x``, ``y``, ``sample_weight`` and ``validation_data`` (a shard may be
+            empty: shape ``(0, n0)``), ``batch_size`` is the global minibatch, and the result equals
+            a one-process ``fit`` on the shards concatenated in rank order with the same arguments,
+            to rounding.  θ and the optimizer state are broadcast from rank 0 first; every rank
+            returns the same history and ends with the same θ (checked); rank 0's ``seed`` draws
+            the permutations and only rank 0 prints.  Bad input on any rank makes every rank raise
+            the same error before θ changes.
+
+        Returns
+        -------
+        dict
+            History: lists ``loss``, ``lr``, ``time`` (seconds per epoch), and for classifiers
+            ``accuracy`` (running, over the epoch's minibatches); with validation data
+            ``val_loss`` (and ``val_accuracy``).  L-BFGS adds ``message`` and ``converged``
+            (SciPy's ``success``: it stopped by a tolerance, not by ``epochs`` or ``max_fun``).
+
+        Raises
+        ------
+        ValueError, TypeError
+            On a bad argument, before any parameter changes.
+        FloatingPointError
+            If a step's loss or gradient is not finite.  That step is not applied: ``params``, the
+            optimizer state and its step count hold the last finite step, on every backend.
+        KeyboardInterrupt
+            Ctrl-C (deferred to the next step boundary) or an exception raised by ``callback``
+            leaves ``params`` and the optimizer state at the end of the last completed step.
+        """
+        return _training.fit(
+            self, x, y, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, shuffle=shuffle, seed=seed,
+            validation_data=validation_data, verbose=verbose, sample_weight=sample_weight, schedule=schedule,
+            patience=patience, min_delta=min_delta, restore_best=restore_best, callback=callback, clip_norm=clip_norm,
+            alpha=alpha, comm=comm,
+        )
 
     # -- persistence ----------------------------------------------------------------------------
 
@@ -290,29 +421,11 @@ class MLP:
         path : str or os.PathLike
             Destination file; written exactly as named.
         """
-        path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(
-                    f,
-                    format=np.array(_FILE_FORMAT),
-                    version=np.array(_FILE_VERSION),
-                    sizes=np.array(self.sizes, dtype=np.int64),
-                    activations=np.array(self.activations),
-                    loss=np.array(self.loss),
-                    dtype=np.array(self.dtype.name),
-                    init=np.array(self.init),
-                    params=self._params,
-                )
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_model_file(os.fspath(path), {
+            "sizes": np.array(self.sizes, dtype=np.int64), "activations": np.array(self.activations),
+            "loss": np.array(self.loss), "dtype": np.array(self.dtype.name), "init": np.array(self.init),
+            "params": self._params,
+        })
 
     @classmethod
     def load(cls, path, backend: str = "cpu") -> MLP:
@@ -349,8 +462,8 @@ class MLP:
         backend = check_backend_name(backend)
         with open(path, "rb") as fh:  # a missing or unreadable file raises its OSError as it is
             try:
-                desc, params = _read_model_file(fh)
-            except _FileError as e:
+                desc, params = read_model_file(fh)
+            except ModelFileError as e:
                 raise ValueError(f"path: {path!r} {e}") from None
             except ResourceError as e:
                 raise ResourceError(f"path: {path!r} holds a model too large for this machine ({e})") from None
@@ -361,128 +474,3 @@ class MLP:
         net = cls.__new__(cls)
         net._setup(NetworkSpec(sizes, activations, loss, dtype), init, backend, params)
         return net
-
-
-# -- the model file ---------------------------------------------------------------------------------
-
-#: Entries of a model file: name -> (expected kind of dtype, number of dimensions).
-_ENTRIES = {
-    "format": ("U", 0),
-    "version": ("iu", 0),
-    "sizes": ("iu", 1),
-    "activations": ("U", 1),
-    "loss": ("U", 0),
-    "dtype": ("U", 0),
-    "init": ("U", 0),
-    "params": ("f", 1),
-}
-_OPTIONAL = {"init"}
-_MAX_LAYERS = 10_000
-_MAX_SMALL_ENTRY = 1 << 20
-
-
-class _FileError(Exception):
-    """A model file that is damaged or not a model file (the message completes 'path: ... ')."""
-
-
-def _entry_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo):
-    """(shape, dtype, header length) of one .npy entry, from its header alone."""
-    with zf.open(info) as f:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
-            raise _FileError(f"has an entry {info.filename!r} of unsupported .npy version {version}")
-        return shape, dtype, f.tell(), fortran
-
-
-def _read_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, shape, dtype, header_len: int) -> np.ndarray:
-    """The array of one entry, reading exactly the bytes its checked header implies (checksum verified)."""
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-    nbytes = count * dtype.itemsize
-    if info.file_size != header_len + nbytes:
-        raise _FileError(
-            f"is damaged: entry {info.filename!r} has {info.file_size} bytes, its header implies {header_len + nbytes}"
-        )
-    out = np.empty(count, dtype=dtype)
-    view = memoryview(out).cast("B")
-    with zf.open(info) as f:
-        f.read(header_len)
-        pos = 0
-        while pos < nbytes:
-            chunk = f.read(min(nbytes - pos, 1 << 24))
-            if not chunk:
-                raise _FileError(f"is damaged: entry {info.filename!r} ends early")
-            view[pos : pos + len(chunk)] = chunk
-            pos += len(chunk)
-        if f.read(1):  # also makes zipfile check the CRC-32 of the whole entry
-            raise _FileError(f"is damaged: entry {info.filename!r} is longer than its header implies")
-    return out.reshape(shape)
-
-
-def _read_model_file(fh):
-    """((sizes, activations, loss, dtype, init), params) of an open model file; checks everything first."""
-    try:
-        zf = zipfile.ZipFile(fh)
-    except zipfile.BadZipFile:
-        raise _FileError("is not a readable fastbp model file (truncated, damaged, or not a .npz archive)") from None
-    with zf:
-        infos = {}
-        for info in zf.infolist():
-            name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
-            if name not in _ENTRIES or name in infos:
-                raise _FileError(f"is not a fastbp model file (unexpected entry {info.filename!r})")
-            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-                raise _FileError(f"has an entry {info.filename!r} in an unsupported compression")
-            infos[name] = info
-        missing = [k for k in _ENTRIES if k not in infos and k not in _OPTIONAL]
-        if missing:
-            raise _FileError(f"is a damaged fastbp model file (missing entries: {', '.join(missing)})")
-        headers = {}
-        for name, info in infos.items():
-            shape, dtype, header_len, fortran = _entry_header(zf, info)
-            kinds, ndim = _ENTRIES[name]
-            if dtype.kind not in kinds or len(shape) != ndim or dtype.hasobject:
-                raise _FileError(f"is damaged: entry {name!r} has dtype {dtype} and shape {shape}")
-            if fortran and ndim > 1:
-                raise _FileError(f"is damaged: entry {name!r} is Fortran-ordered")
-            if name != "params" and info.file_size > _MAX_SMALL_ENTRY:
-                raise _FileError(f"is damaged: entry {name!r} is {info.file_size} bytes long")
-            headers[name] = (info, shape, dtype, header_len)
-
-        def small(name):
-            info, shape, dtype, header_len = headers[name]
-            return _read_entry(zf, info, shape, dtype, header_len)
-
-        if str(small("format")) != _FILE_FORMAT:
-            raise _FileError("is not a fastbp model file")
-        version = int(small("version"))
-        if version != _FILE_VERSION:
-            raise _FileError(f"has unsupported format version {version} (this fastbp reads {_FILE_VERSION})")
-        if not 2 <= headers["sizes"][1][0] <= _MAX_LAYERS + 1:
-            raise _FileError(f"holds an invalid model description (sizes of length {headers['sizes'][1][0]})")
-        try:
-            sizes = check_sizes([int(v) for v in small("sizes")])
-            activations = check_activations([str(v) for v in small("activations")], len(sizes) - 1)
-            loss = check_loss(str(small("loss")), activations[-1])
-            dtype = check_dtype(str(small("dtype")))
-            init = str(small("init")) if "init" in headers else "xavier"
-            if init not in INITS:
-                raise ValueError(f"init: unknown initialisation {init!r}")
-        except (TypeError, ValueError) as e:
-            raise _FileError(f"holds an invalid model description ({e})") from None
-        info, shape, pdtype, header_len = headers["params"]
-        P = n_params(sizes)
-        if pdtype.newbyteorder("=") != dtype or shape != (P,):
-            raise _FileError(
-                f"holds params of dtype {pdtype} and shape {shape}; its description {list(sizes)} in "
-                f"{dtype.name} implies {dtype.name} and ({P},)"
-            )
-        check_fits(f"sizes: the {P:,} parameters of a network {list(sizes)} in {dtype.name}", P * dtype.itemsize)
-        params = _read_entry(zf, info, shape, pdtype, header_len)
-    params = params.astype(dtype, copy=False)  # native byte order
-    if not _all_finite(params):
-        raise _FileError("holds non-finite parameters")
-    return (sizes, activations, loss, dtype, init), params

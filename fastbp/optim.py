@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._validation import check_float
+
 __all__ = ["SGD", "LBFGS", "Adam", "AdamW", "ConstantLR", "CosineLR", "StepLR", "get_optimizer", "get_schedule"]
 
 # Optimizer codes of the compiled training loop.
@@ -24,7 +26,7 @@ ADAM_CODE = 1
 #: and FLAG = decoupled weight decay.  CLIP <= 0 disables gradient clipping.  ALPHA is the L2
 #: penalty on the weights (not the biases) of each minibatch's loss, α/(2m) Σ_l ‖W^l‖² (m the
 #: batch's rows, or the sum of its sample weights), scikit-learn's ``alpha``; a vector of the
-#: earlier 7 slots has none.  EPS_HAT != 0: Adam's ε is the ε̂ of Kingma & Ba §2, see :class:`Adam`.
+#: first 7 slots only has none.  EPS_HAT != 0: Adam's ε is the ε̂ of Kingma & Ba §2, see :class:`Adam`.
 HP_LR, HP_H1, HP_H2, HP_H3, HP_WEIGHT_DECAY, HP_FLAG, HP_CLIP, HP_ALPHA, HP_EPS_HAT = range(9)
 HP_SIZE = 9
 
@@ -33,18 +35,6 @@ def adam_eps(eps: float, beta2: float, t: int, eps_hat: bool) -> float:
     """The ε of step t in the form θ ← θ − η m̂ / (√v̂ + ε) that the kernels compute: ``eps``, or
     for ε̂ (added to √v before the bias correction) ε̂ / √(1 − β₂^t)."""
     return eps / (1.0 - beta2**t) ** 0.5 if eps_hat else eps
-
-
-def _check_float(name: str, value, lo: float = 0.0, hi: float = math.inf, lo_open=False, hi_open=False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name}: expected a number, got {value!r}")
-    v = float(value)
-    bad = not math.isfinite(v) or v < lo or v > hi or (lo_open and v == lo) or (hi_open and v == hi)
-    if bad:
-        lb = "(" if lo_open else "["
-        rb = ")" if hi_open else "]"
-        raise ValueError(f"{name}: expected a finite number in {lb}{lo}, {hi}{rb}, got {value!r}")
-    return v
 
 
 @dataclass(frozen=True)
@@ -61,9 +51,9 @@ class SGD:
 
     def __post_init__(self):
         if self.lr is not None:
-            _check_float("lr", self.lr)
-        _check_float("momentum", self.momentum, 0.0, 1.0, hi_open=True)
-        _check_float("weight_decay", self.weight_decay)
+            check_float("lr", self.lr)
+        check_float("momentum", self.momentum, 0.0, 1.0, hi_open=True)
+        check_float("weight_decay", self.weight_decay)
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov: Nesterov momentum needs momentum > 0")
 
@@ -91,11 +81,11 @@ class Adam:
 
     def __post_init__(self):
         if self.lr is not None:
-            _check_float("lr", self.lr)
-        _check_float("beta1", self.beta1, 0.0, 1.0, hi_open=True)
-        _check_float("beta2", self.beta2, 0.0, 1.0, hi_open=True)
-        _check_float("eps", self.eps, 0.0, lo_open=True)
-        _check_float("weight_decay", self.weight_decay)
+            check_float("lr", self.lr)
+        check_float("beta1", self.beta1, 0.0, 1.0, hi_open=True)
+        check_float("beta2", self.beta2, 0.0, 1.0, hi_open=True)
+        check_float("eps", self.eps, 0.0, lo_open=True)
+        check_float("weight_decay", self.weight_decay)
 
     code = ADAM_CODE
     decoupled = False
@@ -127,8 +117,8 @@ class LBFGS:
     max_fun: int = 15000
 
     def __post_init__(self):
-        _check_float("weight_decay", self.weight_decay)
-        _check_float("gtol", self.gtol)
+        check_float("weight_decay", self.weight_decay)
+        check_float("gtol", self.gtol)
         for name in ("history_size", "max_fun"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
@@ -245,7 +235,7 @@ class StepLR:
     def __post_init__(self):
         if not isinstance(self.step_size, int) or self.step_size < 1:
             raise ValueError(f"step_size: expected an integer >= 1, got {self.step_size!r}")
-        _check_float("gamma", self.gamma, 0.0, 1.0, lo_open=True)
+        check_float("gamma", self.gamma, 0.0, 1.0, lo_open=True)
 
     def __call__(self, lr: float, epoch: int, epochs: int) -> float:
         return lr * self.gamma ** (epoch // self.step_size)
@@ -258,7 +248,7 @@ class CosineLR:
     min_lr: float = 0.0
 
     def __post_init__(self):
-        _check_float("min_lr", self.min_lr)
+        check_float("min_lr", self.min_lr)
 
     def __call__(self, lr: float, epoch: int, epochs: int) -> float:
         return self.min_lr + (lr - self.min_lr) * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
