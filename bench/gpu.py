@@ -273,29 +273,29 @@ def run_config(name, args, results, lines):
     # per-kernel: the products of the widest layer, and BP1
     wl = max(range(len(sizes) - 1), key=lambda i: sizes[i] * sizes[i + 1])
     n_in, n_out = sizes[wl], sizes[wl + 1]
-    k = cn._gemm(dt)
+    k = cn.gemm(dt)
     A = cuda.to_device(np.random.default_rng(1).standard_normal(N * max(n_in, n_out)).astype(np.float32))
     Z = cuda.device_array(2 * N * max(n_in, n_out) + n_in * n_out + n_out, np.float32)
     Wd = cuda.to_device(np.random.default_rng(2).standard_normal(n_in * n_out + n_out).astype(np.float32) * 0.05)
     G = cuda.device_array(n_in * n_out + n_out, np.float32)
     r["kernel_layer"] = [n_in, n_out]
     r["ours_kernel_forward_s"] = cuda_time(
-        lambda: cn._launch_gemm(k, 0, A, 0, n_in, 1, Wd, 0, 1, n_in, N, n_out, n_in, Z, 0, n_in * n_out, acts_c[wl], 1),
+        lambda: cn.launch_gemm(k, 0, A, 0, n_in, 1, Wd, 0, 1, n_in, N, n_out, n_in, Z, 0, n_in * n_out, acts_c[wl], 1),
         args.repeats,
     )
     r["ours_kernel_bp2_s"] = cuda_time(
-        lambda: cn._launch_gemm(k, 1, A, 0, n_out, 1, Wd, 0, n_in, 1, N, n_in, n_out, Z, 0, 0, 0, 0), args.repeats
+        lambda: cn.launch_gemm(k, 1, A, 0, n_out, 1, Wd, 0, n_in, 1, N, n_in, n_out, Z, 0, 0, 0, 0), args.repeats
     )
     r["ours_kernel_bp3_s"] = cuda_time(
-        lambda: cn._launch_gemm(k, 2, A, 0, 1, n_out, A, 0, n_in, 1, n_out, n_in + 1, N, G, 0, n_in * n_out, 0, 1),
+        lambda: cn.launch_gemm(k, 2, A, 0, 1, n_out, A, 0, n_in, 1, n_out, n_in + 1, N, G, 0, n_in * n_out, 0, 1),
         args.repeats,
     )
     nL = sizes[-1]
-    zL = cn._layer_offset(sizes, len(sizes) - 2, N)
+    zL = cn.layer_offset(sizes, len(sizes) - 2, N)
     rk = _kernels.row_kernels(dt)
     r["ours_kernel_bp1_s"] = cuda_time(
         lambda: rk.output_delta[N, _kernels.ROW_THREADS](
-            work, zL, N, nL, acts_c[-1], net.spec.loss, dy, labels, cn._dummy(dt, 1), 0.0, scratch, 1
+            work, zL, N, nL, acts_c[-1], net.spec.loss, dy, labels, cn.dummy(dt, 1), 0.0, scratch, 1
         ),
         args.repeats,
     )
@@ -455,7 +455,7 @@ def tile_sweep(args, results):
                 ),
                 args.repeats,
             )
-            k = cn._gemm("float32").kernel
+            k = cn.gemm("float32").kernel
             info = {}
             for meth in ("get_regs_per_thread", "get_local_mem_per_thread", "get_shared_mem_per_block"):
                 try:

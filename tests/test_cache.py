@@ -141,7 +141,7 @@ def test_serial_and_parallel_twins_have_separate_cache_entries():
         (_layers.backprop_delta_serial, _layers.backprop_delta_parallel),
         (_layers.weight_bias_grad_serial, _layers.weight_bias_grad_parallel),
         (_layers.bias_grad_serial, _layers.bias_grad_parallel),
-        (optim._adam_serial, optim._adam_parallel),
+        (optim.adam_step_serial, optim.adam_step_parallel),
     ):
         assert serial.py_func.__qualname__ + "_parallel" == parallel.py_func.__qualname__
         assert serial._cache._cache_file._index_name != parallel._cache._cache_file._index_name
@@ -149,26 +149,26 @@ def test_serial_and_parallel_twins_have_separate_cache_entries():
     # The whole-network twins call the per-layer ones (the parallel twin the parallel ones).
     rebound = {"_linear_forward": "linear_forward", "_weight_bias_grad": "weight_bias_grad",
                "_backprop_delta": "backprop_delta"}
-    for serial, parallel in ((network._forward_serial, network._forward_parallel),
-                             (network._loss_and_grad_serial, network._loss_and_grad_parallel)):
+    for serial, parallel in ((network.forward_serial, network.forward_parallel),
+                             (network.loss_and_grad_serial, network.loss_and_grad_parallel)):
         assert serial.py_func.__qualname__ + "_parallel" == parallel.py_func.__qualname__
         assert serial._cache._cache_file._index_name != parallel._cache._cache_file._index_name
-    body = network._forward_serial.py_func.__globals__["_forward_body"]
-    body_par = network._forward_parallel.py_func.__globals__["_forward_body"]
-    assert network._loss_and_grad_parallel.py_func.__globals__["_forward_body"] is body_par is not body
+    body = network.forward_serial.py_func.__globals__["_forward_body"]
+    body_par = network.forward_parallel.py_func.__globals__["_forward_body"]
+    assert network.loss_and_grad_parallel.py_func.__globals__["_forward_body"] is body_par is not body
     assert body_par.py_func.__globals__["_linear_forward"] is _layers.linear_forward_parallel
     assert body.py_func.__globals__["_linear_forward"] is _layers.linear_forward_serial
     for name, layer in rebound.items():
-        assert network._loss_and_grad_serial.py_func.__globals__[name] is getattr(_layers, f"{layer}_serial")
+        assert network.loss_and_grad_serial.py_func.__globals__[name] is getattr(_layers, f"{layer}_serial")
         if name != "_linear_forward":
-            assert network._loss_and_grad_parallel.py_func.__globals__[name] is getattr(_layers, f"{layer}_parallel")
+            assert network.loss_and_grad_parallel.py_func.__globals__[name] is getattr(_layers, f"{layer}_parallel")
 
 
 def test_the_cache_is_keyed_by_the_whole_package():
     from fastbp import _cache
     from fastbp.cpu import network
 
-    assert network._forward_serial._cache._impl.locator.get_source_stamp() == _cache.package_hash()
+    assert network.forward_serial._cache._impl.locator.get_source_stamp() == _cache.package_hash()
     assert np.all([c in "0123456789abcdef" for c in _cache.package_hash()])
 
 
@@ -181,7 +181,7 @@ ONLY_WHAT_RUNS = textwrap.dedent(
 
     def compiled():
         return {name: len(getattr(mod, name).overloads) for mod, names in (
-            (network, ["_forward_serial", "_forward_parallel", "_loss_and_grad_serial", "_loss_and_grad_parallel"]),
+            (network, ["forward_serial", "forward_parallel", "loss_and_grad_serial", "loss_and_grad_parallel"]),
             (train, ["train_epoch", "train_epoch_serial", "train_epoch_parallel"])) for name in names}
 
     net = fastbp.MLP([5, 7, 3], ["tanh", "softmax"], "cross_entropy", seed=0)
@@ -201,11 +201,11 @@ def test_a_process_compiles_only_what_it_runs():
     out = subprocess.run([sys.executable, "-c", ONLY_WHAT_RUNS], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     after_predict, after_fit = json.loads(out.stdout.strip().splitlines()[-1])
-    assert after_predict == {**dict.fromkeys(after_predict, 0), "_forward_serial": 1}
+    assert after_predict == {**dict.fromkeys(after_predict, 0), "forward_serial": 1}
     # train_epoch_serial links the serial step: compiled, it compiles the step too; loaded from a
     # warm cache, it needs nothing else.  No parallel twin either way.
-    assert after_fit.pop("_loss_and_grad_serial") in (0, 1)
-    assert after_predict.pop("_loss_and_grad_serial") == 0
+    assert after_fit.pop("loss_and_grad_serial") in (0, 1)
+    assert after_predict.pop("loss_and_grad_serial") == 0
     assert after_fit == {**after_predict, "train_epoch_serial": 1}
 
 
@@ -306,7 +306,7 @@ WARM_LOAD = textwrap.dedent(
     kernels.bias_grad_parallel(np.linspace(-2.0, 2.0, 4099 * 3).reshape(4099, 3), g4)  # a parallel twin
     registries = len(cpu_target.typing_context._registries)
     misses = sum(sum(d.stats.cache_misses.values())
-                 for d in (network._forward_serial, network._loss_and_grad_serial, kernels.bias_grad_parallel))
+                 for d in (network.forward_serial, network.loss_and_grad_serial, kernels.bias_grad_parallel))
     user = None
     if sys.argv[1] == "compile":  # a compilation after light loads: Numba refreshes the registries itself
         from numba import njit

@@ -190,10 +190,10 @@ def test_split_k_weight_gradient(rng, monkeypatch):
     large GPU: forced here by asking for more blocks than the product has."""
     monkeypatch.setattr(fastbp.config, "CUDA_SPLIT_K_TARGET_BLOCKS", 64)
     dtype = np.float32
-    N = 8 * cn._gemm(np.dtype(dtype).name).BK * 3 + 5
+    N = 8 * cn.gemm(np.dtype(dtype).name).BK * 3 + 5
     sizes = [3, 5, 2]
     net, x, y = _problem(sizes, ["tanh", "identity"], "mse", False, dtype, N, rng)
-    assert cn.k_splits(cn._gemm(np.dtype(dtype).name), 5, 4, N) == 3
+    assert cn.k_splits(cn.gemm(np.dtype(dtype).name), 5, 4, N) == 3
     g = cuda.to_device(np.full(net.n_params, np.nan, dtype))  # every entry must be written
     w = cuda.device_array(fastbp.workspace_size(sizes, N), dtype)
     C = cn.loss_and_grad(_d(net.params), sizes, net.spec.activations, net.spec.loss, _d(x), _d(y), g, w, fused=False)

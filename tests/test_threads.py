@@ -72,8 +72,8 @@ def test_serial_and_parallel_twins_agree_bitwise(dtype):
     work = np.empty(fastbp.workspace_size(SIZES, N_PAR), dtype)
     outs, grads, losses = [], [], []
     for fwd, lg in (
-        (network._forward_serial, network._loss_and_grad_serial),
-        (network._forward_parallel, network._loss_and_grad_parallel),
+        (network.forward_serial, network.loss_and_grad_serial),
+        (network.forward_parallel, network.loss_and_grad_parallel),
     ):
         out = np.empty((N_PAR, SIZES[-1]), dtype)
         fwd(*args, x, out, work)
@@ -157,10 +157,10 @@ def test_two_fits_on_one_model_run_one_after_the_other():
 
 def test_kernels_release_the_gil():
     for f in (
-        network._forward_serial,
-        network._forward_parallel,
-        network._loss_and_grad_serial,
-        network._loss_and_grad_parallel,
+        network.forward_serial,
+        network.forward_parallel,
+        network.loss_and_grad_serial,
+        network.loss_and_grad_parallel,
         fastbp.cpu.forward,
         fastbp.cpu.loss_and_grad,
     ):

@@ -112,8 +112,8 @@ def test_the_real_dispatchers_answer_the_look_up():
     x = np.ones((4, 3))
     out = np.empty((4, 2))
     args = (net.params, net.spec.sizes, net.spec.activations, x, out, np.empty(fastbp.workspace_size(net.sizes, 4)))
-    network._forward_parallel(*args)  # compiled (or loaded) now
-    assert _tiers._compiled_or_cached(network._forward_parallel, args)
+    network.forward_parallel(*args)  # compiled (or loaded) now
+    assert _tiers._compiled_or_cached(network.forward_parallel, args)
 
 
 CHILD = textwrap.dedent(
@@ -128,9 +128,9 @@ CHILD = textwrap.dedent(
     x = np.linspace(-1.0, 1.0, 300 * 13).reshape(300, 13)  # N * P > PARALLEL_MIN_WORK
     assert network.parallel_pays(300, net.n_params, True)
     out = net.predict(x)
-    par = network._forward_parallel
+    par = network.forward_parallel
     print(json.dumps({"out": float(out.sum()), "parallel": len(par.overloads),
-                      "serial": len(network._forward_serial.overloads), "hits": sum(par.stats.cache_hits.values())}))
+                      "serial": len(network.forward_serial.overloads), "hits": sum(par.stats.cache_hits.values())}))
     """
 )
 

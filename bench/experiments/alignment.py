@@ -57,7 +57,7 @@ def child(config: str, dtype_name: str, steps: int) -> dict:
             g = _shifted(net.n_params, dtype, gs)
 
             def step(g=g, work=work):
-                network._loss_and_grad_parallel(net.params, s.sizes, s.activations, s.loss, x, yk, lab, g, work, sw)
+                network.loss_and_grad_parallel(net.params, s.sizes, s.activations, s.loss, x, yk, lab, g, work, sw)
 
             step()
             t0 = time.perf_counter()

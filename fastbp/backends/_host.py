@@ -10,7 +10,7 @@ from .. import _validation as V
 from .. import optim as _optim
 from . import EpochStats
 
-_NO_LABELS = np.empty(0, dtype=np.int64)  # writeable: a read-only array is another Numba type
+NO_LABELS = np.empty(0, dtype=np.int64)  # writeable: a read-only array is another Numba type
 
 
 class HostBackend:

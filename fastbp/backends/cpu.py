@@ -21,7 +21,7 @@ from ..cpu import network as _network
 from ..cpu import train as _train
 from ..layout import workspace_size
 from ..optim import HP_LR, hyper_vector
-from ._host import _NO_LABELS, HostBackend, HostTrainer, stats
+from ._host import NO_LABELS, HostBackend, HostTrainer, stats
 
 _MAX_CACHED_WORKSPACES = 4
 
@@ -76,7 +76,7 @@ class CpuBackend(HostBackend):
         weights = self._no_weights if sw is None else sw
         if y.ndim == 1:
             return self._no_targets, y, weights
-        return y, _NO_LABELS, weights
+        return y, NO_LABELS, weights
 
     # -- the twins ----------------------------------------------------------------------------
 
@@ -87,7 +87,7 @@ class CpuBackend(HostBackend):
         call (:mod:`fastbp._threads`), and it is compiled or cached, or the serial one has run
         long enough to pay for compiling it (:mod:`fastbp._tiers`).  Below the cut-over every
         caller runs serial, whatever the other threads do, so such a call does not register
-        with the gate (1-2 µs saved).
+        with the gate.
         """
         if _network.variant(n, n_params, forward_only) == "serial":
             return serial(*args)
@@ -145,17 +145,13 @@ class CpuBackend(HostBackend):
         if not self.spec.is_classifier:
             return c, None
         yk, lab, _ = self.kernel_targets(y)
-        correct, counted = _train._count_correct(self.spec.activations[-1], out, yk, lab)
+        correct, counted = _train.count_correct(self.spec.activations[-1], out, yk, lab)
         return c, correct / counted
 
     def loss_and_grad(self, params, x, y, sample_weight, grad):
         s = self.spec
         n = x.shape[0]
-        if y.ndim == 1:  # kernel_targets, inlined: this is the per-call hot path
-            yk, lab = self._no_targets, y
-        else:
-            yk, lab = y, _NO_LABELS
-        sw = self._no_weights if sample_weight is None else sample_weight
+        yk, lab, sw = self.kernel_targets(y, sample_weight)
         (_, serial), (_, parallel) = _network.VARIANTS["serial"], _network.VARIANTS["parallel"]
         c = self._run_twin(serial, parallel, n, params.shape[0],
                            False, params, s.sizes, s.activations, s.loss, x, yk, lab, grad, self.workspace(n), sw)
@@ -169,7 +165,7 @@ class CpuBackend(HostBackend):
         ao = 2 * n * int(np.sum(s.sizes[1:-1])) + n * nL  # layout.activation_offset(sizes, L - 1, n) + z^L
         out = self.workspace(n)[ao : ao + n * nL].reshape(n, nL)
         yk, lab, _ = self.kernel_targets(y)
-        return _train._count_correct(s.activations[-1], out, yk, lab)
+        return _train.count_correct(s.activations[-1], out, yk, lab)
 
     def step(self, params, grad, c, wsum, opt, state, lr, clip, alpha) -> float:
         """One update of ``params`` from a minibatch's loss ``c`` and gradient ``grad`` (weight

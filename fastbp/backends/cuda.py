@@ -22,6 +22,7 @@ from numba import cuda
 
 from .. import _validation as V
 from ..cuda import network as _net
+from ..cuda._fused import eligible as fused_eligible
 from ..cuda._kernels import ELEMENT_THREADS, elementwise_kernels, grid_1d
 from ..layout import workspace_size
 from ..optim import HP_ALPHA, HP_CLIP, HP_LR, hyper_vector
@@ -69,7 +70,7 @@ class CudaBackend:
         self.norm_slot = cuda.device_array(1, dtype=np.float64)
         self._work: dict[int, object] = {}
         self.ek = elementwise_kernels(self.dt)
-        self.fused = _net._fused.eligible(self.sizes, self.acts, self.dt)
+        self.fused = fused_eligible(self.sizes, self.acts, self.dt)
         self.lock = threading.RLock()
         self._weight_mask = None
 
@@ -143,7 +144,7 @@ class CudaBackend:
             if loss != "cross_entropy" and nL == 1:
                 raise TypeError(f"{name}: integer labels need more than one output; pass float targets")
             if any(_device_flags(d, 0, nL - 1)):
-                lo, hi = V._label_bounds(d.copy_to_host())  # the error path: the host names the values
+                lo, hi = V.label_bounds(d.copy_to_host())  # the error path: the host names the values
                 raise ValueError(V.msg_label_range(name, nL, lo, hi))
             return d.reshape(n, 1), 1
         if np.dtype(d.dtype) != self.spec.dtype:
@@ -159,7 +160,7 @@ class CudaBackend:
         if nonfinite:
             raise ValueError(V.msg_not_finite(name))
         if outside:
-            lo, hi = V._bounds(d.copy_to_host())
+            lo, hi = V.value_bounds(d.copy_to_host())
             raise ValueError(V.msg_probabilities(name, loss, lo, hi))
         return d, 0
 

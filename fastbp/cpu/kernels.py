@@ -21,7 +21,7 @@ from .._cache import cached_njit
 from ..config import FASTMATH
 from . import _layers
 from ._layers import contiguous, write_back
-from .network import _parallel_pays
+from .network import parallel_pays_jit
 
 __all__ = [
     "backprop_delta",
@@ -137,7 +137,7 @@ def linear_forward(W, b, a_prev, act, z, a):
     z, a : (N, n_l) float arrays
         Outputs; ``a`` may be ``z`` when z^l is not needed.
     """
-    if _parallel_pays(a_prev.shape[0], W.size):
+    if parallel_pays_jit(a_prev.shape[0], W.size):
         linear_forward_parallel(W, b, a_prev, act, z, a)
     else:
         linear_forward_serial(W, b, a_prev, act, z, a)
@@ -192,7 +192,7 @@ def backprop_delta(W_next, delta_next, z, act, delta):
     delta : (N, n_l) float array
         Output δ^l; must not alias ``z`` or ``delta_next``.
     """
-    if _parallel_pays(z.shape[0], W_next.size):
+    if parallel_pays_jit(z.shape[0], W_next.size):
         backprop_delta_parallel(W_next, delta_next, z, act, delta)
     else:
         backprop_delta_serial(W_next, delta_next, z, act, delta)
@@ -211,7 +211,7 @@ def weight_grad(delta, a_prev, grad_W):
     grad_W : (n_l, n_{l-1}) float array
         Output, overwritten.
     """
-    if _parallel_pays(delta.shape[0], grad_W.size):
+    if parallel_pays_jit(delta.shape[0], grad_W.size):
         weight_grad_parallel(delta, a_prev, grad_W)
     else:
         weight_grad_serial(delta, a_prev, grad_W)
@@ -228,7 +228,7 @@ def bias_grad(delta, grad_b):
     grad_b : (n_l,) float array
         Output, overwritten.
     """
-    if _parallel_pays(delta.shape[0], delta.shape[1] * 64):  # a column sum does 1/64 of a product's work
+    if parallel_pays_jit(delta.shape[0], delta.shape[1] * 64):  # a column sum does 1/64 of a product's work
         bias_grad_parallel(delta, grad_b)
     else:
         bias_grad_serial(delta, grad_b)
@@ -249,7 +249,7 @@ def weight_bias_grad(delta, a_prev, grad_W, grad_b):
     grad_b : (n_l,) float array
         Output, overwritten.
     """
-    if _parallel_pays(delta.shape[0], grad_W.size):
+    if parallel_pays_jit(delta.shape[0], grad_W.size):
         weight_bias_grad_parallel(delta, a_prev, grad_W, grad_b)
     else:
         weight_bias_grad_serial(delta, a_prev, grad_W, grad_b)

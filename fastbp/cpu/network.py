@@ -14,6 +14,12 @@ largest W^l for that.
 
 Every product sums each element in one fixed order (:mod:`fastbp.cpu._layers`), so the serial and
 the parallel twins give the same bits, whatever the thread count.
+
+Besides the public dispatchers, the module holds the twins they choose between,
+``forward_serial``/``forward_parallel`` and ``loss_and_grad_serial``/``loss_and_grad_parallel``
+(the rows of :data:`VARIANTS`), the rule that chooses (:func:`parallel_pays`, and
+``parallel_pays_jit`` for compiled callers): internal names for the backends and the training
+loop, not in ``__all__``.
 """
 
 from __future__ import annotations
@@ -115,15 +121,15 @@ def _loss_and_grad_impl(params, sizes, acts, loss, x, y, labels, grad, work, sam
 
 
 _forward_body_parallel = inlined_copy(_forward_body, "_parallel", _linear_forward=_layers.linear_forward_parallel)
-_forward_serial, _forward_parallel = calling_twins(_forward_impl, _forward_body=_forward_body_parallel)
-_loss_and_grad_serial, _loss_and_grad_parallel = calling_twins(
+forward_serial, forward_parallel = calling_twins(_forward_impl, _forward_body=_forward_body_parallel)
+loss_and_grad_serial, loss_and_grad_parallel = calling_twins(
     _loss_and_grad_impl, _forward_body=_forward_body_parallel,
     _weight_bias_grad=_layers.weight_bias_grad_parallel, _backprop_delta=_layers.backprop_delta_parallel)
 
 #: The variants of the whole-network kernels, (forward, loss_and_grad) by name: :func:`variant`
 #: picks one per call, and the tests run every one.  They give the same bits.
-VARIANTS = {"serial": (_forward_serial, _loss_and_grad_serial),
-            "parallel": (_forward_parallel, _loss_and_grad_parallel)}
+VARIANTS = {"serial": (forward_serial, loss_and_grad_serial),
+            "parallel": (forward_parallel, loss_and_grad_parallel)}
 
 
 def parallel_pays(n_samples, n_params, forward_only=False, min_work=PARALLEL_MIN_WORK):
@@ -151,7 +157,7 @@ def variant(n_samples, n_params, forward_only=False, min_work=PARALLEL_MIN_WORK)
     return "parallel" if parallel_pays(n_samples, n_params, forward_only, min_work) else "serial"
 
 
-_parallel_pays = cached_njit(nogil=True)(parallel_pays)
+parallel_pays_jit = cached_njit(nogil=True)(parallel_pays)
 
 
 @cached_njit(nogil=True, fastmath=FASTMATH)
@@ -174,10 +180,10 @@ def forward(params, sizes, acts, x, out, work):
         Workspace of at least ``fastbp.layout.workspace_size(sizes, N)`` elements.
     """
     xc = _layers.contiguous(x)  # the products read x as a flat row-major array
-    if _parallel_pays(x.shape[0], params.shape[0], True):
-        _forward_parallel(params, sizes, acts, xc, out, work)
+    if parallel_pays_jit(x.shape[0], params.shape[0], True):
+        forward_parallel(params, sizes, acts, xc, out, work)
     else:
-        _forward_serial(params, sizes, acts, xc, out, work)
+        forward_serial(params, sizes, acts, xc, out, work)
 
 
 @cached_njit(nogil=True, fastmath=FASTMATH)
@@ -214,6 +220,6 @@ def loss_and_grad(params, sizes, acts, loss, x, y, grad, work, sample_weight=Non
     """
     Y, lab, sw = _layers.normalised_targets(y, sample_weight, sizes[sizes.shape[0] - 1], params)
     xc = _layers.contiguous(x)  # the products read x as a flat row-major array
-    if _parallel_pays(x.shape[0], params.shape[0]):
-        return _loss_and_grad_parallel(params, sizes, acts, loss, xc, Y, lab, grad, work, sw)
-    return _loss_and_grad_serial(params, sizes, acts, loss, xc, Y, lab, grad, work, sw)
+    if parallel_pays_jit(x.shape[0], params.shape[0]):
+        return loss_and_grad_parallel(params, sizes, acts, loss, xc, Y, lab, grad, work, sw)
+    return loss_and_grad_serial(params, sizes, acts, loss, xc, Y, lab, grad, work, sw)

@@ -119,9 +119,9 @@ def _adam_body(params, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, decou
 
 
 # error_model="numpy": Python's model checks each division for a zero divisor, a branch per
-# element that kept the serial loop scalar (vsqrtss/vdivss; 3.6x slower in float32 at 235k
-# parameters).  The divisor √v̂ + ε is positive for ε > 0, which fastbp.optim.Adam requires.
-_adam_serial, _adam_parallel = twins(_adam_body, error_model="numpy")
+# element that keeps the serial loop scalar (vsqrtss/vdivss instead of their vector forms).  The
+# divisor √v̂ + ε is positive for ε > 0, which fastbp.optim.Adam requires.
+adam_step_serial, adam_step_parallel = twins(_adam_body, error_model="numpy")
 
 
 @cached_njit(nogil=True, fastmath=FASTMATH)
@@ -142,6 +142,6 @@ def adam_step(params, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, decoup
     both zero becomes NaN (0/0), where Python's error model would have raised.
     """
     if params.shape[0] >= PARALLEL_MIN_PARAMS:
-        _adam_parallel(params, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled)
+        adam_step_parallel(params, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled)
     else:
-        _adam_serial(params, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled)
+        adam_step_serial(params, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled)

@@ -9,16 +9,16 @@ from .._cache import cached_njit
 from ..activations import SIGMOID, SOFTMAX
 from ..config import FASTMATH, PARALLEL_MIN_PARAMS, PARALLEL_MIN_WORK
 from ..layout import activation_offset
+from ..optim import HP_ALPHA, HP_CLIP, HP_EPS_HAT, HP_FLAG, HP_H1, HP_H2, HP_H3, HP_LR, HP_WEIGHT_DECAY
 from ._twins import bound_to
-from .network import _loss_and_grad_parallel, _loss_and_grad_serial, _parallel_pays
-from .optim import _adam_parallel, _adam_serial, clip_grad_norm, sgd_step
+from .network import loss_and_grad_parallel, loss_and_grad_serial, parallel_pays_jit
+from .optim import adam_step_parallel, adam_step_serial, clip_grad_norm, sgd_step
 
 __all__ = ["apply_step", "train_epoch"]
 
 # Slots of the ``stats`` array that train_epoch fills (PENALTY_SUM only in an array that has it).
 LOSS_SUM, N_SEEN, N_CORRECT, N_COUNTED, DIVERGED, STEPS, PENALTY_SUM = range(7)
 N_STATS = 7
-HP_ALPHA, HP_EPS_HAT = 7, 8  # fastbp.optim.HP_ALPHA, HP_EPS_HAT
 
 
 @cached_njit(nogil=True, fastmath=FASTMATH)
@@ -46,7 +46,7 @@ def add_weight_penalty(params, sizes, grad, scale):
 
 
 @cached_njit(nogil=True, fastmath=FASTMATH)
-def _count_correct(act, out, y, labels):
+def count_correct(act, out, y, labels):
     """(correct, counted) of a batch: argmax for softmax outputs, 0.5 threshold for sigmoid.
 
     Targets as the kernels take them: ``y`` (N, n) with ``labels`` empty, or class ``labels`` (N,)
@@ -97,28 +97,30 @@ def apply_step(params, sizes, grad, c, wsum, opt, hp, state, t, min_parallel_wor
     pen = 0.0
     if alpha > 0 and wsum > 0:
         pen = add_weight_penalty(params, sizes, grad, alpha / wsum)
-    norm = clip_grad_norm(grad, hp[6])
+    norm = clip_grad_norm(grad, hp[HP_CLIP])
     if not (np.isfinite(c) and np.isfinite(norm) and np.isfinite(pen)):
         return np.nan
     t += 1
     first = state[:P]
     second = state[P:]
     # ε̂ (scikit-learn's placement) is ε̂/√(1 − β₂^t) in the kernels' form.
-    eps = hp[3] / np.sqrt(1.0 - hp[2] ** t) if eps_hat else hp[3]
+    eps = hp[HP_H3] / np.sqrt(1.0 - hp[HP_H2] ** t) if eps_hat else hp[HP_H3]
     if opt == 0:
-        sgd_step(params, grad, first, hp[0], hp[1], hp[5] != 0, hp[4])
+        sgd_step(params, grad, first, hp[HP_LR], hp[HP_H1], hp[HP_FLAG] != 0, hp[HP_WEIGHT_DECAY])
     elif min_parallel_work <= PARALLEL_MIN_WORK and P >= PARALLEL_MIN_PARAMS:
-        _adam_parallel(params, grad, first, second, t, hp[0], hp[1], hp[2], eps, hp[4], hp[5] != 0)
+        adam_step_parallel(params, grad, first, second, t, hp[HP_LR], hp[HP_H1], hp[HP_H2], eps, hp[HP_WEIGHT_DECAY],
+                              hp[HP_FLAG] != 0)
     else:
-        _adam_serial(params, grad, first, second, t, hp[0], hp[1], hp[2], eps, hp[4], hp[5] != 0)
+        adam_step_serial(params, grad, first, second, t, hp[HP_LR], hp[HP_H1], hp[HP_H2], eps, hp[HP_WEIGHT_DECAY],
+                            hp[HP_FLAG] != 0)
     return pen
 
 
 @njit(inline="always")
 def _loss_and_grad_twin(parallel, params, sizes, acts, loss, x, y, labels, grad, work, sample_weight):
     if parallel:
-        return _loss_and_grad_parallel(params, sizes, acts, loss, x, y, labels, grad, work, sample_weight)
-    return _loss_and_grad_serial(params, sizes, acts, loss, x, y, labels, grad, work, sample_weight)
+        return loss_and_grad_parallel(params, sizes, acts, loss, x, y, labels, grad, work, sample_weight)
+    return loss_and_grad_serial(params, sizes, acts, loss, x, y, labels, grad, work, sample_weight)
 
 
 @cached_njit(nogil=True, fastmath=FASTMATH)
@@ -181,7 +183,7 @@ def train_epoch(params, sizes, acts, loss, x, y, labels, perm, batch_size, opt, 
     weighted = sample_weight.shape[0] > 0
     # One twin for every step of the call, chosen by the full batch size: a smaller last batch
     # does not make the process compile the other twin too.
-    par = _parallel_pays(batch_size, P, False, min_parallel_work)
+    par = parallel_pays_jit(batch_size, P, False, min_parallel_work)
     alpha = hp[HP_ALPHA] if hp.shape[0] > HP_ALPHA else 0.0
     for start in range(0, N, batch_size):
         m = min(batch_size, N - start)
@@ -205,7 +207,7 @@ def train_epoch(params, sizes, acts, loss, x, y, labels, perm, batch_size, opt, 
             wsum = m
         # The batch output a^L is still in the workspace after the backward pass.
         ao = activation_offset(sizes, L - 1, m) + m * nL
-        correct, counted = _count_correct(acts[L - 1], work[ao : ao + m * nL].reshape((m, nL)), yb[:m], lb[:m])
+        correct, counted = count_correct(acts[L - 1], work[ao : ao + m * nL].reshape((m, nL)), yb[:m], lb[:m])
         pen = apply_step(params, sizes, grad, c, wsum, opt, hp, state, t, min_parallel_work)
         if not np.isfinite(pen):
             stats[DIVERGED] = 1.0
@@ -225,10 +227,10 @@ def train_epoch(params, sizes, acts, loss, x, y, labels, perm, batch_size, opt, 
 # (the inlined helper that calls the twins is rebound too: it resolves them in its own globals).
 def _bound_to_step(step, suffix):
     return bound_to(train_epoch, suffix, _loss_and_grad_twin=bound_to(
-        _loss_and_grad_twin, suffix, _loss_and_grad_serial=step, _loss_and_grad_parallel=step))
+        _loss_and_grad_twin, suffix, loss_and_grad_serial=step, loss_and_grad_parallel=step))
 
 
-train_epoch_serial = _bound_to_step(_loss_and_grad_serial, "_serial")
-train_epoch_parallel = _bound_to_step(_loss_and_grad_parallel, "_parallel")
+train_epoch_serial = _bound_to_step(loss_and_grad_serial, "_serial")
+train_epoch_parallel = _bound_to_step(loss_and_grad_parallel, "_parallel")
 #: The epoch loop of each row of ``fastbp.cpu.network.VARIANTS``, by the same names.
 EPOCH_VARIANTS = {"serial": train_epoch_serial, "parallel": train_epoch_parallel}

@@ -22,7 +22,7 @@ from ._kernels import (
     grid_1d,
     row_kernels,
 )
-from .network import _dtype_name, _dummy, _flat, _gemm, _launch_gemm, k_splits
+from .network import dtype_name, dummy, flat, gemm, k_splits, launch_gemm
 
 __all__ = [
     "adam_step",
@@ -51,23 +51,23 @@ def linear_forward(W, b, a_prev, act, z, a):
     """
     from numba import cuda
 
-    dt = _dtype_name(W)
+    dt = dtype_name(W)
     N, n_in = a_prev.shape
     n_out = W.shape[0]
     # The product writes [z, a] into one buffer, then the halves are copied out.
     buf = cuda.device_array(2 * N * n_out + n_out * n_in + n_out, dtype=dt)
     pw = buf[2 * N * n_out :]
-    pw[: n_out * n_in].copy_to_device(_flat(W))
+    pw[: n_out * n_in].copy_to_device(flat(W))
     pw[n_out * n_in :].copy_to_device(b)
-    _launch_gemm(
-        _gemm(dt), FORWARD, _flat(a_prev), 0, n_in, 1, pw, 0, 1, n_in, N, n_out, n_in, buf, 0, n_out * n_in, int(act), 0
+    launch_gemm(
+        gemm(dt), FORWARD, flat(a_prev), 0, n_in, 1, pw, 0, 1, n_in, N, n_out, n_in, buf, 0, n_out * n_in, int(act), 0
     )
     if int(act) == _A.SOFTMAX:
         row_kernels(dt).output_delta[N, ROW_THREADS](
-            buf, 0, N, n_out, int(act), 0, _dummy(dt, 2), 0, _dummy(dt, 1), 0.0, _dummy("float64", 1), 0
+            buf, 0, N, n_out, int(act), 0, dummy(dt, 2), 0, dummy(dt, 1), 0.0, dummy("float64", 1), 0
         )
-    _flat(z).copy_to_device(buf[: N * n_out])
-    _flat(a).copy_to_device(buf[N * n_out : 2 * N * n_out])
+    flat(z).copy_to_device(buf[: N * n_out])
+    flat(a).copy_to_device(buf[N * n_out : 2 * N * n_out])
 
 
 def output_delta(loss, act, z, a, y, delta, sample_weight=None):
@@ -89,20 +89,20 @@ def output_delta(loss, act, z, a, y, delta, sample_weight=None):
     """
     from numba import cuda
 
-    dt = _dtype_name(z)
+    dt = dtype_name(z)
     N, nL = z.shape
     buf = cuda.device_array(2 * N * nL, dtype=dt)
-    buf[: N * nL].copy_to_device(_flat(z))
-    buf[N * nL :].copy_to_device(_flat(a))
+    buf[: N * nL].copy_to_device(flat(z))
+    buf[N * nL :].copy_to_device(flat(a))
     labels = 1 if y.ndim == 1 else 0
     y2 = y.reshape(N, 1) if y.ndim == 1 else y
     scratch = cuda.to_device(np.zeros(4))
-    sw, scale = _dummy(dt, 1), 0.0
+    sw, scale = dummy(dt, 1), 0.0
     if sample_weight is not None:
         sw = sample_weight
         scale = 1.0 / float(np.sum(sample_weight.copy_to_host(), dtype=np.float64))
     row_kernels(dt).output_delta[N, ROW_THREADS](buf, 0, N, nL, int(act), int(loss), y2, labels, sw, scale, scratch, 1)
-    _flat(delta).copy_to_device(buf[: N * nL])
+    flat(delta).copy_to_device(buf[: N * nL])
     return float(scratch.copy_to_host()[0])
 
 
@@ -118,13 +118,13 @@ def backprop_delta(W_next, delta_next, z, act, delta):
     delta : device array (N, n)
         Output.
     """
-    dt = _dtype_name(W_next)
+    dt = dtype_name(W_next)
     N, n = z.shape
     n_next = W_next.shape[0]
-    d = _flat(delta)
+    d = flat(delta)
     ek = elementwise_kernels(dt)
-    ek.derive[grid_1d(N * n), ELEMENT_THREADS](_flat(z), int(act), d)
-    _launch_gemm(_gemm(dt), BP2, _flat(delta_next), 0, n_next, 1, _flat(W_next), 0, n, 1, N, n, n_next, d, 0, 0, 0, 0)
+    ek.derive[grid_1d(N * n), ELEMENT_THREADS](flat(z), int(act), d)
+    launch_gemm(gemm(dt), BP2, flat(delta_next), 0, n_next, 1, flat(W_next), 0, n, 1, N, n, n_next, d, 0, 0, 0, 0)
 
 
 def weight_grad(delta, a_prev, grad_W):
@@ -137,15 +137,15 @@ def weight_grad(delta, a_prev, grad_W):
     grad_W : device array (n_out, n_in)
         Output.
     """
-    dt = _dtype_name(delta)
+    dt = dtype_name(delta)
     N, n_out = delta.shape
     n_in = a_prev.shape[1]
-    g = _gemm(dt)
+    g = gemm(dt)
     splits = k_splits(g, n_out, n_in, N)
     if splits > 1:
-        elementwise_kernels(dt).fill[grid_1d(n_out * n_in), ELEMENT_THREADS](_flat(grad_W), 0.0)
-    _launch_gemm(
-        g, BP3, _flat(delta), 0, 1, n_out, _flat(a_prev), 0, n_in, 1, n_out, n_in, N, _flat(grad_W), 0, 0, 0, 0, splits
+        elementwise_kernels(dt).fill[grid_1d(n_out * n_in), ELEMENT_THREADS](flat(grad_W), 0.0)
+    launch_gemm(
+        g, BP3, flat(delta), 0, 1, n_out, flat(a_prev), 0, n_in, 1, n_out, n_in, N, flat(grad_W), 0, 0, 0, 0, splits
     )
 
 
@@ -158,10 +158,10 @@ def bias_grad(delta, grad_b):
     grad_b : device array (n_out,)
         Output.
     """
-    dt = _dtype_name(delta)
+    dt = dtype_name(delta)
     N, n_out = delta.shape
-    d = _flat(delta)
-    _launch_gemm(_gemm(dt), BP3, d, 0, 1, n_out, d, 0, 0, 0, n_out, 1, N, grad_b, 0, 0, 0, 1)
+    d = flat(delta)
+    launch_gemm(gemm(dt), BP3, d, 0, 1, n_out, d, 0, 0, 0, n_out, 1, N, grad_b, 0, 0, 0, 1)
 
 
 def weight_bias_grad(delta, a_prev, grad_W, grad_b):
@@ -177,18 +177,18 @@ def weight_bias_grad(delta, a_prev, grad_W, grad_b):
     """
     from numba import cuda
 
-    dt = _dtype_name(delta)
+    dt = dtype_name(delta)
     N, n_out = delta.shape
     n_in = a_prev.shape[1]
     buf = cuda.device_array(n_out * n_in + n_out, dtype=dt)
-    _launch_gemm(
-        _gemm(dt),
+    launch_gemm(
+        gemm(dt),
         BP3,
-        _flat(delta),
+        flat(delta),
         0,
         1,
         n_out,
-        _flat(a_prev),
+        flat(a_prev),
         0,
         n_in,
         1,
@@ -201,13 +201,13 @@ def weight_bias_grad(delta, a_prev, grad_W, grad_b):
         0,
         1,
     )
-    _flat(grad_W).copy_to_device(buf[: n_out * n_in])
+    flat(grad_W).copy_to_device(buf[: n_out * n_in])
     grad_b.copy_to_device(buf[n_out * n_in :])
 
 
 def sgd_step(params, grad, velocity, lr, momentum, nesterov, weight_decay):
     """One SGD step on the device, in place (the formulation of :func:`fastbp.cpu.optim.sgd_step`)."""
-    ek = elementwise_kernels(_dtype_name(params))
+    ek = elementwise_kernels(dtype_name(params))
     ek.sgd_step[grid_1d(params.shape[0]), ELEMENT_THREADS](
         params, grad, velocity, float(lr), float(momentum), bool(nesterov), float(weight_decay), 0
     )
@@ -215,7 +215,7 @@ def sgd_step(params, grad, velocity, lr, momentum, nesterov, weight_decay):
 
 def adam_step(params, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled):
     """One Adam/AdamW step on the device, in place (as :func:`fastbp.cpu.optim.adam_step`)."""
-    ek = elementwise_kernels(_dtype_name(params))
+    ek = elementwise_kernels(dtype_name(params))
     ek.adam_step[grid_1d(params.shape[0]), ELEMENT_THREADS](
         params,
         grad,

@@ -5,8 +5,8 @@ Everything stays on the device: θ, the gradient, the workspace (the layout of
 ``scratch`` array of counters (slot 0: the loss of the last call; 1 and 2:
 correct and counted predictions; 3: Σ loss·N over calls, for epoch means).
 
-A step needs few launches with few array arguments (a Numba launch costs about
-7 µs plus about 3.5 µs per array): networks of widths up to
+A step needs few launches with few array arguments (a Numba launch costs several
+microseconds, and more for each array argument): networks of widths up to
 :data:`fastbp.cuda._fused.MAX_WIDTH` take one launch of the fully fused kernel;
 wider ones take one tiled-product launch per product and layer plus one BP1
 launch, each with three arrays (θ, the workspace, x or the gradient).
@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import activations as _A
 from .. import config as _config
+from ..optim import HP_EPS_HAT, HP_FLAG, HP_H1, HP_H2, HP_H3, HP_LR, HP_WEIGHT_DECAY
 from . import _fused
 from ._kernels import (  # noqa: F401 - the SCRATCH_* slots are re-exported
     BP2,
@@ -50,7 +51,7 @@ __all__ = [
 
 
 
-def _dtype_name(arr) -> str:
+def dtype_name(arr) -> str:
     return np.dtype(arr.dtype).name
 
 
@@ -63,11 +64,11 @@ def _offsets(sizes):
     return wo
 
 
-def _layer_offset(sizes, layer: int, n: int) -> int:
+def layer_offset(sizes, layer: int, n: int) -> int:
     return 2 * n * sum(sizes[1 : layer + 1])
 
 
-def _gemm(dt: str):
+def gemm(dt: str):
     return gemm_kernel(dt, *_config.CUDA_GEMM_TILE)
 
 
@@ -90,7 +91,7 @@ def k_splits(k, M: int, NN: int, K: int) -> int:
     return max(1, min(ceil_div(target, blocks), K // (8 * k.BK)))
 
 
-def _launch_gemm(k, mode, A, a_off, sam, sak, B, b_off, sbk, sbn, M, NN, K, out, o_off, aux_off, act, flag, splits=1):
+def launch_gemm(k, mode, A, a_off, sam, sak, B, b_off, sbk, sbn, M, NN, K, out, o_off, aux_off, act, flag, splits=1):
     BM, BN = k.tile
     kc = ceil_div(ceil_div(K, splits), k.BK) * k.BK
     splits = ceil_div(K, kc) if K > 0 else 1
@@ -102,17 +103,17 @@ def _launch_gemm(k, mode, A, a_off, sam, sak, B, b_off, sbk, sbn, M, NN, K, out,
 
 def _forward_layers(params, sizes, acts, x, work, n, train):
     """Forward pass through every layer into the workspace (softmax left to the BP1 kernel)."""
-    k = _gemm(_dtype_name(params))
+    k = gemm(dtype_name(params))
     wo = _offsets(sizes)
     L = len(sizes) - 1
-    x = _flat(x)
+    x = flat(x)
     for l in range(L):
         n_in, n_out = sizes[l], sizes[l + 1]
-        zo = _layer_offset(sizes, l, n)
+        zo = layer_offset(sizes, l, n)
         src, s_off = (x, 0) if l == 0 else (work, zo - n * n_in)
         derive = 1 if (train and l < L - 1) else 0
         # z = a^{l-1} W^T + b: A(m, k) = a[m, k], B(k, n) = W[n, k]
-        _launch_gemm(
+        launch_gemm(
             k,
             FORWARD,
             src,
@@ -134,7 +135,7 @@ def _forward_layers(params, sizes, acts, x, work, n, train):
         )
 
 
-def _flat(arr):
+def flat(arr):
     return arr.reshape(arr.size) if arr.ndim != 1 else arr
 
 
@@ -153,19 +154,19 @@ def forward(params, sizes, acts, x, out, work):
         Receives a^L.
     work : 1-D device array of ``fastbp.workspace_size(sizes, N)``
     """
-    dt = _dtype_name(params)
+    dt = dtype_name(params)
     sizes = tuple(int(v) for v in sizes)
     acts = tuple(int(v) for v in acts)
     n = x.shape[0]
     _forward_layers(params, sizes, acts, x, work, n, False)
     L = len(sizes) - 1
     nL = sizes[L]
-    zo = _layer_offset(sizes, L - 1, n)
+    zo = layer_offset(sizes, L - 1, n)
     if acts[-1] == _A.SOFTMAX:
         rk = row_kernels(dt)
-        dummy_y = _dummy(dt, 2)
+        dummy_y = dummy(dt, 2)
         rk.output_delta[n, ROW_THREADS](
-            work, zo, n, nL, acts[-1], 0, dummy_y, 0, _dummy(dt, 1), 0.0, _dummy("float64", 1), 0
+            work, zo, n, nL, acts[-1], 0, dummy_y, 0, dummy(dt, 1), 0.0, dummy("float64", 1), 0
         )
     out.reshape(n * nL).copy_to_device(work[zo + n * nL : zo + 2 * n * nL])
 
@@ -173,7 +174,7 @@ def forward(params, sizes, acts, x, out, work):
 _DUMMIES: dict = {}
 
 
-def _dummy(dt: str, ndim: int):
+def dummy(dt: str, ndim: int):
     """A tiny device array standing in for an absent optional argument."""
     from numba import cuda
 
@@ -203,11 +204,11 @@ def step_loss_and_grad(params, sizes, acts, loss, x, y, grad, work, scratch, lab
     """
     from numba import cuda
 
-    dt = _dtype_name(params)
+    dt = dtype_name(params)
     sizes = tuple(int(v) for v in sizes)
     acts = tuple(int(v) for v in acts)
     n = x.shape[0]
-    sw_arr = sw if sw is not None else _dummy(dt, 1)
+    sw_arr = sw if sw is not None else dummy(dt, 1)
     use_fused = _fused.eligible(sizes, acts, dt) if fused is None else fused
     if use_fused:
         k, S = _fused.fused_kernel(dt, sizes, acts, int(loss))
@@ -218,24 +219,24 @@ def step_loss_and_grad(params, sizes, acts, loss, x, y, grad, work, scratch, lab
 
     L = len(sizes) - 1
     wo = _offsets(sizes)
-    g = _gemm(dt)
+    g = gemm(dt)
     ek = elementwise_kernels(dt)
     _forward_layers(params, sizes, acts, x, work, n, True)
-    x = _flat(x)
+    x = flat(x)
     nL = sizes[L]
-    zL = _layer_offset(sizes, L - 1, n)
+    zL = layer_offset(sizes, L - 1, n)
     rk = row_kernels(dt)
     rk.output_delta[n, ROW_THREADS](work, zL, n, nL, acts[-1], int(loss), y, labels, sw_arr, sw_scale, scratch, 1)
     for l in range(L - 1, -1, -1):
         n_in, n_out = sizes[l], sizes[l + 1]
-        zo = _layer_offset(sizes, l, n)  # δ^l sits in the z^l slot
+        zo = layer_offset(sizes, l, n)  # δ^l sits in the z^l slot
         src, s_off = (x, 0) if l == 0 else (work, zo - n * n_in)
         # BP3 + BP4: [gW | gb](j, k) = Σ_n δ[n, j] [a | 1][n, k]
         splits = k_splits(g, n_out, n_in + 1, n)
         if splits > 1:  # the k-ranges add into the gradient: start it at zero
             gl = grad[wo[l] : wo[l] + n_out * (n_in + 1)]
             ek.fill[grid_1d(gl.shape[0]), ELEMENT_THREADS](gl, 0.0)
-        _launch_gemm(
+        launch_gemm(
             g,
             BP3,
             work,
@@ -258,8 +259,8 @@ def step_loss_and_grad(params, sizes, acts, loss, x, y, grad, work, scratch, lab
         )
         if l > 0:
             # BP2: δ^{l-1}(m, k) = Σ_j δ^l[m, j] W[j, k] ⊙ σ'(z^{l-1}) (σ' in the z^{l-1} slot)
-            zp = _layer_offset(sizes, l - 1, n)
-            _launch_gemm(g, BP2, work, zo, n_out, 1, params, wo[l], n_in, 1, n, n_in, n_out, work, zp, 0, 0, 0)
+            zp = layer_offset(sizes, l - 1, n)
+            launch_gemm(g, BP2, work, zo, n_out, 1, params, wo[l], n_in, 1, n, n_in, n_out, work, zp, 0, 0, 0)
     return False
 
 
@@ -291,7 +292,7 @@ def loss_and_grad(params, sizes, acts, loss, x, y, grad, work, sample_weight=Non
     """
     from numba import cuda
 
-    dt = _dtype_name(params)
+    dt = dtype_name(params)
     ek = elementwise_kernels(dt)
     if scratch is None:
         scratch = cuda.device_array(SCRATCH_SIZE, dtype=np.float64)
@@ -318,20 +319,23 @@ def loss_and_grad(params, sizes, acts, loss, x, y, grad, work, sample_weight=Non
 
 def optimizer_step(opt_code, params, grad, state_a, state_b, t, hp, zero_grad):
     """One SGD (opt_code 0) or Adam (1) step on the device; ``hp`` as in fastbp.cpu.train."""
-    ek = elementwise_kernels(_dtype_name(params))
+    ek = elementwise_kernels(dtype_name(params))
     blocks = grid_1d(params.shape[0])
     if opt_code == 0:
-        ek.sgd_step[blocks, ELEMENT_THREADS](params, grad, state_a, hp[0], hp[1], bool(hp[5]), hp[4], zero_grad)
+        ek.sgd_step[blocks, ELEMENT_THREADS](params, grad, state_a, hp[HP_LR], hp[HP_H1], bool(hp[HP_FLAG]),
+                                             hp[HP_WEIGHT_DECAY], zero_grad)
     else:
-        eps = hp[3] / math.sqrt(1.0 - hp[2] ** t) if len(hp) > 8 and hp[8] else hp[3]  # ε̂: see fastbp.optim.Adam
+        eps_hat = len(hp) > HP_EPS_HAT and hp[HP_EPS_HAT]  # ε̂: see fastbp.optim.Adam
+        eps = hp[HP_H3] / math.sqrt(1.0 - hp[HP_H2] ** t) if eps_hat else hp[HP_H3]
         ek.adam_step[blocks, ELEMENT_THREADS](
-            params, grad, state_a, state_b, t, hp[0], hp[1], hp[2], eps, hp[4], bool(hp[5]), zero_grad
+            params, grad, state_a, state_b, t, hp[HP_LR], hp[HP_H1], hp[HP_H2], eps, hp[HP_WEIGHT_DECAY],
+            bool(hp[HP_FLAG]), zero_grad
         )
 
 
 def clip_grad_norm(grad, max_norm, scratch, slot=0):
     """Scale ``grad`` to norm ``max_norm`` if it is longer; uses ``scratch[slot]`` (zeroed here)."""
-    ek = elementwise_kernels(_dtype_name(grad))
+    ek = elementwise_kernels(dtype_name(grad))
     ek.fill[1, ELEMENT_THREADS](scratch[slot : slot + 1], 0.0)
     blocks = grid_1d(grad.shape[0])
     ek.sum_squares[blocks, ELEMENT_THREADS](grad, scratch, slot)
