@@ -21,7 +21,7 @@ decorated, and answers only for files inside the package.  A user's
 
 Every cached kernel is decorated with :func:`cached_njit`, whose disk cache is a
 :class:`FastbpFunctionCache`: it loads machine code without first refreshing Numba's
-compilation registries, which is most of what a warm process used to spend in Numba.
+compilation registries, which is most of the time a warm process spends in Numba otherwise.
 """
 
 from __future__ import annotations
@@ -125,8 +125,8 @@ class FastbpFunctionCache(caching.FunctionCache):
 
     ``numba.core.caching.Cache.load_overload`` starts with ``target_context.refresh()``.  In a
     process's first load that imports some forty Numba modules and installs every typing and
-    lowering registry: about 0.25 s on the reference machine, and more again at interpreter exit
-    to free them.  That is what *compiling* needs; rebuilding cached machine code needs only the
+    lowering registry, and frees them again at interpreter exit: a noticeable part of a
+    short process's start.  That is what *compiling* needs; rebuilding cached machine code needs only the
     NRT's symbols (:func:`rtsys.initialize`, which compiles nothing of ours) and the C helpers that
     Numba registers when it is imported.  The parallel twins' scheduling symbols come from the
     threading layer, which :mod:`fastbp.cpu` launches when it is imported, before any of them

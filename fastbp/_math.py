@@ -2,17 +2,17 @@
 
 Numba calls libm for ``np.exp`` and ``np.tanh``, one element at a time, and this
 machine's LLVM has no vector math library (SVML) to replace the calls.  In the
-sigmoid and tanh layers of a network that scalar call is most of the time of the
-whole training step (18 of 56 ms for the ``large`` benchmark configuration).
+sigmoid and tanh layers of a network that scalar call would be a large part of the
+time of the whole training step.
 The functions here are written with arithmetic, comparisons and one integer
 bit-cast only, so a loop over them compiles to AVX-512 code.
 
 They follow Cephes (S. L. Moshier): exp by Cody–Waite reduction
 x = n ln 2 + f and a degree-6 polynomial (float32) or a Padé form (float64)
 for e^f; tanh by an odd polynomial (float32) or rational function (float64)
-below |x| = 0.625 and (1 − e^{−2|x|}) / (1 + e^{−2|x|}) above.  The maximal
-errors measured against NumPy over a dense grid are in ``tests/test_math.py``
-(a few units in the last place).
+below |x| = 0.625 and (1 − e^{−2|x|}) / (1 + e^{−2|x|}) above.  Their errors
+against NumPy over a dense grid are bounded in ``tests/test_math.py`` (a few units
+in the last place).
 
 Compiled without fast-math -- explicitly, ``fastmath=False``: a function that leaves the
 option unset inherits its first caller's flags, and the kernels' fast-math callers made

@@ -12,7 +12,7 @@ same time.  Two rules keep that correct and fast:
   process; otherwise it runs the serial twin.  The two twins compute bitwise the same result
   (tested), so the answer does not depend on the scheduling.
 - **Worker threads need more work to go parallel.**  A parallel region opened from a thread
-  other than the main one costs 50-100 us more under OpenMP, so from such a thread the
+  other than the main one costs far more to open under OpenMP, so from such a thread the
   cut-over is ``config.PARALLEL_MIN_WORK_THREAD`` instead of ``config.PARALLEL_MIN_WORK``.
 """
 

@@ -1,7 +1,7 @@
 """When a process starts running a kernel's ``parallel=True`` twin: tiered compilation.
 
-Compiling the parallel twin of the training step takes some 12-16 s on the reference machine
-(the serial twin about 9 s), and on 2 cores it saves at most half of a step's time.  A short
+Compiling the parallel twin of the training step takes seconds (``bench/RESULTS.md`` has the
+figures), and on 2 cores it saves at most half of a step's time.  A short
 script would pay more in compilation than it could ever win back.  So ``MLP`` runs a whole-network
 kernel's parallel twin, where it pays (:func:`fastbp.cpu.network.parallel_pays`), only once that
 twin is **ready**:
@@ -11,8 +11,7 @@ twin is **ready**:
 - the serial twin has run, in calls where the parallel one would have paid, for
   ``config.PARALLEL_COMPILE_AFTER`` seconds in all: then the next call compiles it.  A call that
   compiled (or loaded) the serial twin itself is not counted: its time is compilation, not
-  running.  Spending as
-  long in the slower twin as compiling the faster one costs is the ski-rental rule: the total time
+  running.  Spending as long in the slower twin as compiling the faster one costs is the ski-rental rule: the total time
   is never more than about twice that of the best choice made in hindsight.
 
 Until then the serial twin runs.  Both twins give bitwise the same result, so the choice changes

@@ -1,14 +1,15 @@
 """Tunables of fastbp's compiled kernels, in one place: the cpu backend's, then the cuda one's.
 
 Every kernel takes its compilation flags, size thresholds and launch shapes from here, so
-that they can be measured and changed without touching the kernels.  Values that compiled
+that they can be tuned without touching the kernels.  Values that compiled
 code reads are frozen into it when it compiles (and are part of the disk cache's key, see
 :mod:`fastbp._cache`); the others are read at each call.
 
 The CPU's register tile comes from the instruction set (``VECTOR_BYTES``, ``VECTOR_REGISTERS``);
 seven CPU values are chosen by measurement (``PARALLEL_TASKS``, ``PARALLEL_MIN_WORK``,
 ``PARALLEL_COMPILE_AFTER``, ``PARALLEL_MIN_WORK_THREAD``, ``TILE_VECTORS``, ``PARALLEL_MIN_PARAMS``,
-``THREADING_LAYER_PRIORITY``), each with its reason below; bench/RESULTS.md has the figures.
+``THREADING_LAYER_PRIORITY``), each with its reason below; ``bench/RESULTS.md`` has the
+measurements behind them.
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ PARALLEL_MIN_WORK = 1 << 18
 PARALLEL_COMPILE_AFTER = 10.0
 
 #: The same cut-over for calls from any thread but the main one: under the OpenMP threading layer
-#: a parallel region opened from another thread costs some 50-100 µs more (bench/RESULTS.md,
-#: "Threads"; numbagg makes the same choice, numba #9288).
+#: a parallel region opened from another thread costs tens of microseconds more (numbagg makes
+#: the same choice, numba #9288).
 PARALLEL_MIN_WORK_THREAD = 1 << 24
 
 #: CPU names (LLVM's) whose own features include AVX-512 or AVX2, for a ``NUMBA_CPU_NAME`` compiled
@@ -129,9 +130,9 @@ CUDA_ROW_THREADS = 8 if CUDA_SIMULATOR else 64
 CUDA_ELEMENT_THREADS = 32 if CUDA_SIMULATOR else 256
 
 
-#: Threading layers in order of preference.  OpenMP opens a parallel region in
-#: about 2 us on the reference machine, TBB in about 5 us and workqueue in
-#: 80-90 us; Numba would silently prefer TBB when it is installed.  A user's
+#: Threading layers in order of preference: OpenMP opens a parallel region fastest,
+#: then TBB, and workqueue an order of magnitude slower; Numba would silently prefer
+#: TBB when it is installed.  A user's
 #: ``NUMBA_THREADING_LAYER`` or ``NUMBA_THREADING_LAYER_PRIORITY`` wins.
 THREADING_LAYER_PRIORITY = ("omp", "tbb", "workqueue")
 

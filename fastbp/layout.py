@@ -57,9 +57,9 @@ def view2d(typingctx, buf, offset, rows, cols):
     """``buf[offset : offset + rows * cols].reshape((rows, cols))`` for compiled code, without
     the cost of ``reshape``.
 
-    Numba's ``reshape`` calls a C helper to check that the new shape fits (about 17 ns); the
-    whole-network kernels take some 30 such views of θ, the gradient and the workspace per
-    step, which is several percent of a small network's step.  This view trusts its
+    Numba's ``reshape`` calls a C helper to check that the new shape fits; the whole-network
+    kernels take some 30 such views of θ, the gradient and the workspace per step, and the
+    checks would be a visible part of a small network's step.  This view trusts its
     arguments: ``buf`` is 1-D and C-contiguous and holds ``offset + rows * cols`` elements.
     """
     if not (isinstance(buf, types.Array) and buf.ndim == 1 and buf.layout == "C"):

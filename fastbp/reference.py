@@ -35,8 +35,8 @@ __all__ = [
 
 
 def _erf(z):
-    """scipy.special.erf, imported on first use: importing scipy.special costs about 0.2 s, which
-    every ``import fastbp`` paid (the reference needs it for gelu only)."""
+    """scipy.special.erf, imported on first use: importing scipy.special is slow, and the
+    reference needs it for gelu only, so ``import fastbp`` does not import it."""
     from scipy.special import erf
 
     return erf(z)
