@@ -43,6 +43,9 @@ DEFAULT_CONTENDERS = ("lean", "fastbp", "njit", "torch", "jax")
 #: ``--quick``: the named configurations but the large one, float32, two rounds, short timings.
 QUICK = {"configs": ["tiny", "small", "medium"], "dtypes": ["float32"], "processes": 2, "repeats": 10,
          "min_time": 0.05}
+#: Environment variables that change what a contender runs, recorded with the run.
+ENV = ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES", "NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER", "OMP_NUM_THREADS",
+       "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE", "ATEN_CPU_CAPABILITY", "XLA_FLAGS")
 LABELS = {"lean": "lean NumPy", "fastbp": "fastbp `MLP`", "njit": "fastbp in `@njit` loop",
           "reference": "`fastbp.reference`", "torch": "PyTorch eager", "jax": "`jax.jit`"}
 
@@ -215,6 +218,7 @@ def fingerprint(extra_versions: dict | None = None) -> dict:
         "isa": isa,
         "vector_bits": vb * 8,
         "cores": os.cpu_count(),
+        "env": {k: os.environ[k] for k in ENV if k in os.environ},
         "versions": versions,
         "commit": _commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -280,6 +284,7 @@ def header(doc: dict) -> str:
     cpu_name = fp["host_cpu_name"] + (f", compiled for NUMBA_CPU_NAME={fp['numba_cpu_name']}"
                                       if fp["numba_cpu_name"] else "")
     versions = ", ".join(f"{k} {v}" for k, v in fp["versions"].items())
+    env = " ".join(f"{k}={v!r}" if v == "" else f"{k}={v}" for k, v in fp.get("env", {}).items())
     peaks = "; ".join(f"{d} {np.median(p) / 1e9:.0f} GFLOP/s" for d, p in doc["peak"].items() if p)
     threads = ", ".join(f"{k} {n}" for k, n in st["threads"].items())
     missing = "; ".join(f"{k} not installed" for k in st["missing"])
@@ -291,7 +296,7 @@ def header(doc: dict) -> str:
     return "\n".join([
         f"- Machine: {fp['cpu']} ({cpu_name}), {fp['cores']} cores; instruction set {fp['isa']} "
         f"({fp['vector_bits']}-bit vectors).",
-        f"- Versions: {versions}.",
+        f"- Versions: {versions}." + (f" Environment: `{env}`." if env else ""),
         f"- Peak (NumPy matmul 2048², same run): {peaks}. Threads: {threads}." + (f" {missing}." if missing else ""),
         f"- First step of a fresh process, with the set-up and the compilation or the load from the disk cache "
         f"(the first round may compile, later ones load): {'; '.join(firsts)}.",
