@@ -16,7 +16,6 @@ thread pools spin, and two of them in one process slow each other down.
 
 from __future__ import annotations
 
-import functools
 import time
 
 import numpy as np
@@ -197,28 +196,11 @@ def _times_derivative(act: str, d: np.ndarray, a: np.ndarray) -> None:
         d *= a * (1 - a)
 
 
-@functools.cache
-def _user_loop():
-    """A user's ``@njit`` training loop: ``steps`` SGD steps of fastbp's training-step kernel."""
-    from numba import njit
-
-    from fastbp import cpu
-    from fastbp.cpu.optim import sgd_step
-
-    @njit
-    def loop(params, sizes, acts, loss, x, y, grad, work, velocity, steps):
-        for _ in range(steps):
-            cpu.loss_and_grad(params, sizes, acts, loss, x, y, grad, work)
-            sgd_step(params, grad, velocity, LR, 0.0, False, 0.0)
-
-    return loop
-
-
 def _njit_step(net, x, y):
     """Steps of a user's ``@njit`` loop; the callable runs ``steps`` of them and the caller divides."""
     import fastbp
 
-    loop = _user_loop()
+    from ._user_loop import sgd_loop as loop
     spec = net.spec
     g = np.empty_like(net.params)
     work = np.empty(fastbp.workspace_size(spec.sizes, x.shape[0]), net.dtype)
