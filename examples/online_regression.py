@@ -1,4 +1,6 @@
-"""Online learning inside a compiled simulation step.
+"""
+Online learning inside a compiled simulation step
+=================================================
 
 A point moves on a noisy orbit; at every simulation step a small network learns, online
 (batch of one), to predict the point's next position from its current one.  The whole loop —
@@ -11,6 +13,8 @@ here at all.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from numba import njit
 
@@ -19,7 +23,7 @@ from fastbp import cpu
 from fastbp.cpu.optim import adam_step
 
 
-@njit
+@njit(cache=True)  # compiled once, then loaded from the disk cache
 def simulate_and_learn(params, sizes, acts, loss, steps, lr, seed):
     np.random.seed(seed)  # noqa: NPY002 - Numba's compiled generator: the legacy API in @njit code
     P = params.shape[0]
@@ -58,4 +62,4 @@ def main(steps: int = 3000, verbose: bool = True) -> np.ndarray:
 
 
 if __name__ == "__main__":
-    main()
+    main(steps=600 if os.environ.get("FASTBP_DOCS_BUILD") else 3000)
