@@ -468,8 +468,9 @@ def main(argv=None) -> int:
              f"{len(contenders)} contenders, {settings['processes']} rounds; "
              f"{ {64: 'AVX-512', 32: 'AVX2'}.get(vb, 'SSE')} code, {os.cpu_count()} cores")
     doc = run(settings.pop("configs"), contenders=contenders, progress=progress, **settings)
+    env = " ".join(f"{k}={v}" if v else f"{k}=''" for k, v in doc["fingerprint"]["env"].items())
     command = "python -m fastbp bench " + " ".join(argv if argv is not None else sys.argv[2:])
-    doc["command"] = command.strip()
+    doc["command"] = f"{env} {command.strip()}".strip()
     table = markdown(doc)
     print(table)
     out = pathlib.Path(a.out)
