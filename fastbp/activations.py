@@ -5,7 +5,7 @@ sits outside their innermost loop instead of receiving a function object
 (passing functions costs dispatch time and defeats caching, numba #2952).
 
 Every function here is stable for any finite input: no overflow, no NaN and
-no ``log(0)`` for |z| up to 1e4 and beyond.  Constants take the dtype of the
+no ``log(0)`` for ``|z|`` up to 1e4 and beyond.  Constants take the dtype of the
 argument (``type(z)(...)``), so float32 stays float32 (numba #888, #7290).
 """
 

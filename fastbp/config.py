@@ -3,7 +3,7 @@
 Every kernel takes its compilation flags, size thresholds and launch shapes from here, so
 that they can be tuned without touching the kernels.  Values that compiled
 code reads are frozen into it when it compiles (and are part of the disk cache's key, see
-:mod:`fastbp._cache`); the others are read at each call.
+``fastbp._cache``); the others are read at each call.
 
 The CPU's register tile comes from the instruction set (``VECTOR_BYTES``, ``VECTOR_REGISTERS``);
 seven CPU values are chosen by measurement (``PARALLEL_TASKS``, ``PARALLEL_MIN_WORK``,
@@ -37,7 +37,7 @@ PARALLEL_TASKS = 8
 PARALLEL_MIN_WORK = 1 << 18
 
 #: Seconds the serial twin of a whole-network kernel runs, in ``MLP`` calls where its parallel
-#: twin would pay, before a process compiles that parallel twin (:mod:`fastbp._tiers`).  A
+#: twin would pay, before a process compiles that parallel twin (``fastbp._tiers``).  A
 #: parallel twin already compiled or in the disk cache runs at once.  About what compiling the
 #: parallel training step costs: a short script never pays for it, a long run switches after at
 #: most this much slower work.  0 compiles it at the first call that pays.
@@ -74,7 +74,7 @@ def _vector_bytes() -> int:
     return 64 if name.startswith(_AVX512_CPUS) else 32 if name.startswith(_AVX2_CPUS) else 16
 
 
-#: Bytes per vector register of the machine the kernels are compiled for (:func:`_vector_bytes`).
+#: Bytes per vector register of the machine the kernels are compiled for (from the target's CPU name and features).
 VECTOR_BYTES = _vector_bytes()
 
 #: Vector registers of that target: 32 with AVX-512, 16 with AVX2 or SSE.

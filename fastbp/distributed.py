@@ -3,7 +3,7 @@
 Each rank holds a shard of the samples; the shards concatenated in rank order are the training
 set.  Every epoch's permutation of the global sample index is drawn on rank 0 (from ``seed``,
 as a one-process ``fit`` draws it) and broadcast; for each global minibatch every rank computes
-the loss and gradient *sums* over the samples of it that it holds (:class:`Group.step_sums`),
+the loss and gradient *sums* over the samples of it that it holds (``DistributedTrainer``),
 one ``Allreduce`` sums them with the loss, the weight total, the prediction counts and an
 interrupt flag, and every rank applies the same optimizer step to the same θ.  So the
 parameters after ``fit`` equal those of a one-process ``fit`` on the concatenated data with the

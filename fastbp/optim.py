@@ -15,7 +15,9 @@ import numpy as np
 
 from ._validation import check_float
 
-__all__ = ["SGD", "LBFGS", "Adam", "AdamW", "ConstantLR", "CosineLR", "StepLR", "get_optimizer", "get_schedule"]
+__all__ = ["HP_ALPHA", "HP_CLIP", "HP_EPS_HAT", "HP_FLAG", "HP_H1", "HP_H2", "HP_H3", "HP_LR", "HP_SIZE",
+           "HP_WEIGHT_DECAY", "LBFGS", "SGD", "Adam", "AdamW", "ConstantLR", "CosineLR", "OptimizerState", "StepLR",
+           "get_optimizer", "get_schedule", "hyper_vector"]
 
 # Optimizer codes of the compiled training loop.
 SGD_CODE = 0
@@ -69,7 +71,7 @@ class Adam:
 
     ``eps_hat=True`` takes ``eps`` as the ε̂ of Kingma & Ba §2 (θ ← θ − η √(1−β₂^t)/(1−β₁^t) ·
     m / (√v + ε̂)), the form of scikit-learn and TensorFlow; the default is PyTorch's
-    θ ← θ − η m̂ / (√v̂ + ε).  The two differ where |∇| is not much larger than ε.
+    θ ← θ − η m̂ / (√v̂ + ε).  The two differ where ``|∇|`` is not much larger than ε.
     """
 
     lr: float | None = None

@@ -93,9 +93,9 @@ class Trainer(Protocol):
 
 
 class Backend(Protocol):
-    """The computations of one kind of hardware, for one network (its :class:`NetworkSpec`).
+    """The computations of one kind of hardware, for one network (its :class:`fastbp.NetworkSpec`).
 
-    The ``check_*`` methods run the boundary checks of :mod:`fastbp._validation` (the same
+    The ``check_*`` methods run the boundary checks of ``fastbp._validation`` (the same
     messages on every backend) and return the data in the form the other methods take.  No
     method changes ``params`` except through a :class:`Trainer`.
     """

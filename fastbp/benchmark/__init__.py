@@ -6,8 +6,8 @@ options); ``python -m fastbp bench --compare OLD.json NEW.json`` compares two ru
 """
 
 from .configs import CONFIGS, SWEEP, problem, spec_of, step_flops
-from .contenders import CONTENDERS, lean_numpy_step, make_step, median_time
+from .contenders import CONTENDERS, NotInstalled, lean_numpy_step, make_step, median_time
 from .suite import compare, fingerprint, markdown, run
 
-__all__ = ["CONFIGS", "CONTENDERS", "SWEEP", "compare", "fingerprint", "lean_numpy_step", "make_step",
+__all__ = ["CONFIGS", "CONTENDERS", "SWEEP", "NotInstalled", "compare", "fingerprint", "lean_numpy_step", "make_step",
            "markdown", "median_time", "problem", "run", "spec_of", "step_flops"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+#: The named configurations: (sizes, batch, activations, loss) by name.
 CONFIGS = {
     "tiny": ([4, 32, 32, 1], 32, ["sigmoid"] * 3, "mse"),
     "small": ([64, 128, 128, 10], 64, ["relu", "relu", "softmax"], "cross_entropy"),

@@ -65,7 +65,7 @@ def make_step(kind: str, config: str, dtype):
     """(step, version): a callable running one training step of ``config`` with contender ``kind``,
     and the version of the library it measures (None for fastbp and NumPy).
 
-    Raises :class:`NotInstalled` where the contender's library is missing.
+    Raises :class:`~fastbp.benchmark.NotInstalled` where the contender's library is missing.
     """
     kw, x, y = problem(config, dtype)
     if kind == "lean":

@@ -107,17 +107,17 @@ def _spawn(kind: str, dtype_name: str, configs: list[str], repeats: int, min_tim
 
 def run(configs, dtypes=("float32",), contenders=DEFAULT_CONTENDERS, processes: int = 3, repeats: int = 30,
         min_time: float = 0.2, progress=None) -> dict:
-    """Run the suite and return its results (the JSON document :func:`main` writes).
+    """Run the suite and return its results (the JSON document ``python -m fastbp bench`` writes).
 
     Parameters
     ----------
     configs : list of str
-        Names of :data:`~fastbp.benchmark.configs.CONFIGS` or :data:`~fastbp.benchmark.configs.SWEEP`,
+        Names of ``fastbp.benchmark.CONFIGS`` or ``fastbp.benchmark.SWEEP``,
         or networks spelled ``widths:batch:activations:loss``.
     dtypes : list of str
         "float32", "float64" or both.
     contenders : list of str
-        Of :data:`~fastbp.benchmark.contenders.CONTENDERS`; those not installed are left out.
+        Of ``fastbp.benchmark.CONTENDERS``; those not installed are left out.
     processes : int
         Rounds: fresh processes per contender and dtype, interleaved.
     repeats : int

@@ -153,7 +153,7 @@ def train_epoch(params, sizes, acts, loss, x, y, labels, perm, batch_size, opt, 
         clip_norm <= 0 disables clipping.  eps_hat (optional slot) != 0: Adam's eps is ε̂
         (:class:`fastbp.optim.Adam`).  alpha (optional slot) > 0 adds the penalty
         α/(2m) Σ_l ‖W^l‖² to each batch's loss (m its rows, or the sum of its sample weights)
-        and its gradient, :func:`add_weight_penalty`, before the clipping.
+        and its gradient, ``add_weight_penalty``, before the clipping.
     state : 1-D float array of 2 * len(params)
         Optimizer state: [velocity or m, v].
     t : int
@@ -171,7 +171,7 @@ def train_epoch(params, sizes, acts, loss, x, y, labels, perm, batch_size, opt, 
         the parameter count reaches this (all steps of the call, the last partial batch too),
         and the parallel Adam update only at the default.  ``MLP.fit`` passes a higher figure
         from a worker thread and an unreachable one while other compiled calls are in flight
-        (:mod:`fastbp._threads`), and calls copies bound to one twin (``train_epoch_serial``,
+        (``fastbp._threads``), and calls copies bound to one twin (``train_epoch_serial``,
         ``train_epoch_parallel``).
     """
     N = perm.shape[0]

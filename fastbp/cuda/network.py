@@ -283,7 +283,7 @@ def loss_and_grad(params, sizes, acts, loss, x, y, grad, work, sample_weight=Non
     sample_weight : 1-D device array (N,), optional
     scratch : float64 device array of SCRATCH_SIZE, optional
     fused : bool or None
-        As for :func:`step_loss_and_grad`.
+        As for ``step_loss_and_grad``.
 
     Returns
     -------
