@@ -83,7 +83,7 @@ def main(quick: bool = False, plot: str | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser = argparse.ArgumentParser(description="fastbp's scikit-learn estimators in a pipeline and a grid search")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--plot", metavar="PNG")
     # the documentation's build runs this script with the quick settings
