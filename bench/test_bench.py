@@ -31,6 +31,8 @@ from tests.test_bounds import COMPARISONS, assert_within, random_inputs
 
 SLOW = {"large"}
 PARAMS = [pytest.param(c, marks=pytest.mark.slow) if c in SLOW else c for c in CONFIGS]
+# The kernels' smoke runs repeat tests/test_bounds.py's checks: one configuration unless --runslow.
+KERNEL_PARAMS = [pytest.param(c, marks=pytest.mark.slow) if c != "small" else c for c in CONFIGS]
 
 
 @pytest.fixture
@@ -63,7 +65,7 @@ def test_training_step(benchmark, steady_state, config, impl):
     benchmark(step)
 
 
-@pytest.mark.parametrize("config", PARAMS)
+@pytest.mark.parametrize("config", KERNEL_PARAMS)
 @pytest.mark.parametrize("impl", ["fastbp", "numpy"])
 @pytest.mark.parametrize("comp", COMPARISONS, ids=lambda c: c.name)
 def test_kernel(benchmark, comp, impl, config):

@@ -23,7 +23,7 @@ from fastbp import cpu
 from fastbp.cpu.optim import adam_step
 
 
-@njit(cache=True)  # compiled once, then loaded from the disk cache
+@njit
 def simulate_and_learn(params, sizes, acts, loss, steps, lr, seed):
     np.random.seed(seed)  # noqa: NPY002 - Numba's compiled generator: the legacy API in @njit code
     P = params.shape[0]
