@@ -8,6 +8,8 @@ tests on the GPU instead.
 
 import os
 
+import pytest
+
 os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
 if os.environ["NUMBA_ENABLE_CUDASIM"] not in ("", "0"):
@@ -17,3 +19,17 @@ if os.environ["NUMBA_ENABLE_CUDASIM"] not in ("", "0"):
     # in a loop that holds the GIL: a simulated thread that is ready to run waits for the next
     # forced switch (5 ms by default).  At 1 ms the CUDA tests run about 2.4x faster.
     sys.setswitchinterval(0.001)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False,
+                     help="also run the tests marked slow: large shapes, and checks that repeat others at a cost")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="marked slow: pass --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -55,7 +55,8 @@ def test_fastbp_step_is_one_sgd_step(steady_state):
 
 
 @pytest.mark.parametrize("config", PARAMS)
-@pytest.mark.parametrize("impl", ["lean", "fastbp", "njit", "reference", "torch", "jax"])
+@pytest.mark.parametrize("impl", ["lean", "fastbp", pytest.param("njit", marks=pytest.mark.slow), "reference",
+                                  "torch", "jax"])  # a user's njit loop: tests/test_model.py
 def test_training_step(benchmark, steady_state, config, impl):
     try:
         step, _ = make_step(impl, config, np.float32)

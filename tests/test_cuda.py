@@ -171,6 +171,7 @@ def test_fused_kernel_tiles_and_sample_weights(dtype, rng):
         assert_close(_h(g), gr, dtype, factor=FACTOR)
 
 
+@pytest.mark.slow  # the GPU's tile shapes, slow on the simulator: run on a GPU with --runslow
 def test_production_tile_shapes(rng, monkeypatch):
     """The tile and block shapes a GPU uses, at sizes that do not divide them (slow on the simulator)."""
     monkeypatch.setattr(fastbp.config, "CUDA_GEMM_TILE", (64, 64, 16, 4, 4))
@@ -185,6 +186,7 @@ def test_production_tile_shapes(rng, monkeypatch):
     assert_close(_h(g), gr, dtype, factor=FACTOR)
 
 
+@pytest.mark.slow  # the GPU's split-k thresholds, slow on the simulator: run on a GPU with --runslow
 def test_split_k_weight_gradient(rng, monkeypatch):
     """BP3 split along the batch (partial products added atomically), as for a long batch on a
     large GPU: forced here by asking for more blocks than the product has."""

@@ -78,7 +78,10 @@ def test_parallel_twin_is_bitwise_the_serial_one(dtype, rng):
     np.testing.assert_array_equal(g1, g2)
 
 
-@pytest.mark.parametrize("dtype,layout", [(np.float32, "strided"), (np.float64, "fortran")])
+@pytest.mark.parametrize("dtype,layout", [
+    (np.float32, "strided"),
+    pytest.param(np.float64, "fortran", marks=pytest.mark.slow),  # the same copy path, another dtype
+])
 def test_strided_and_fortran_arrays_give_the_contiguous_answer(dtype, layout, rng):
     # The products address their operands as flat row-major arrays: the public kernels take any
     # layout, in and out, and give bitwise what they give on C-contiguous copies (one layout per
