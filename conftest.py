@@ -26,7 +26,14 @@ def pytest_addoption(parser):
                      help="also run the tests marked slow: large shapes, and checks that repeat others at a cost")
 
 
+#: Modules whose tests run long (fresh subprocesses that compile, or a user's @njit loop): run
+#: first, so that pytest-xdist's workers do not end with one of them while the other is idle.
+LONG_FIRST = ("test_same_bits", "test_tiers", "test_cache", "test_kernels", "test_model", "test_benchmark")
+
+
 def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(LONG_FIRST)))
     if config.getoption("--runslow"):
         return
     skip = pytest.mark.skip(reason="marked slow: pass --runslow")
