@@ -30,6 +30,7 @@ ADAM_CODE = 1
 #: batch's rows, or the sum of its sample weights), scikit-learn's ``alpha``; a vector of the
 #: first 7 slots only has none.  EPS_HAT != 0: Adam's ε is the ε̂ of Kingma & Ba §2, see :class:`Adam`.
 HP_LR, HP_H1, HP_H2, HP_H3, HP_WEIGHT_DECAY, HP_FLAG, HP_CLIP, HP_ALPHA, HP_EPS_HAT = range(9)
+#: Length of the hyper-parameter vector.
 HP_SIZE = 9
 
 

@@ -46,7 +46,7 @@ from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import type_of_target, unique_labels
-from sklearn.utils.validation import _check_sample_weight, check_is_fitted, column_or_1d, validate_data
+from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d, validate_data
 
 from . import optim as _optim
 from .backends import BACKENDS
@@ -78,6 +78,19 @@ def _check_dtype(dtype):
     if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise ValueError(f"dtype: expected None, numpy.float32 or numpy.float64, got {dtype!r}")
     return dt
+
+
+def _sample_weights(sample_weight, X: np.ndarray) -> np.ndarray:
+    """``sample_weight`` as a vector of X's dtype with one weight per row of X (a number stands for
+    every row), as scikit-learn's estimators take it."""
+    if isinstance(sample_weight, numbers.Number):
+        return np.full(X.shape[0], sample_weight, dtype=X.dtype)
+    sw = check_array(sample_weight, ensure_2d=False, dtype=X.dtype, input_name="sample_weight")
+    if sw.ndim != 1 or sw.shape[0] != X.shape[0]:
+        raise ValueError(f"sample_weight.shape == {sw.shape}, expected {(X.shape[0],)}!")
+    if sw.shape[0] and not np.any(sw):
+        raise ValueError("sample_weight: every weight is zero; expected at least one non-zero weight")
+    return sw
 
 
 def _shuffle(idx: np.ndarray, random_state: np.random.RandomState) -> np.ndarray:
@@ -158,7 +171,7 @@ class _BaseMLP(BaseEstimator):
         if not first_pass:
             X = X.astype(self.model_.dtype, copy=False)
         if sample_weight is not None:
-            sample_weight = _check_sample_weight(sample_weight, X, dtype=X.dtype)
+            sample_weight = _sample_weights(sample_weight, X)
         sample_weight = self._weights_of_classes(y, sample_weight, incremental)
         Y = y.reshape(-1, 1) if y.ndim == 1 else y
         self.n_outputs_ = Y.shape[1]

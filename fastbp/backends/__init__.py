@@ -33,6 +33,7 @@ _REGISTRY = {
     "numpy": ("fastbp.backends.numpy", "NumpyBackend"),
     "cuda": ("fastbp.backends.cuda", "CudaBackend"),
 }
+#: The names ``MLP(backend=...)`` takes.
 BACKENDS = tuple(_REGISTRY)
 
 
