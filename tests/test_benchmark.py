@@ -98,3 +98,11 @@ def test_command_names_a_bad_configuration():
     proc = subprocess.run([sys.executable, "-m", "fastbp", "bench", "5-x-3:7:tanh:mse"], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 2 and "5-x-3:7:tanh:mse" in proc.stderr
+
+
+def test_command_names_a_file_it_cannot_compare(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    proc = subprocess.run([sys.executable, "-m", "fastbp", "bench", "--compare", str(bad), str(bad)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--compare" in proc.stderr and "bad.json" in proc.stderr

@@ -439,9 +439,24 @@ def main(argv=None) -> int:
     ap.add_argument("--compare", nargs=2, metavar=("OLD.json", "NEW.json"), help="compare two runs and exit")
     a = ap.parse_args(argv)
     if a.compare:
-        docs = [json.loads(pathlib.Path(p).read_text()) for p in a.compare]
+        docs = []
+        for path in a.compare:
+            try:
+                doc = json.loads(pathlib.Path(path).read_text())
+                if not isinstance(doc, dict) or {"fingerprint", "rows"} - set(doc):
+                    raise ValueError("not a JSON file of python -m fastbp bench")
+            except (OSError, ValueError) as e:
+                ap.error(f"--compare: {path}: {e}")
+            docs.append(doc)
         print(compare(*docs))
         return 0
+    if a.results:  # before the run, not after it
+        try:
+            text = pathlib.Path(a.results).read_text()
+        except OSError as e:
+            ap.error(f"--results: {e}")
+        if "<!-- suite:end -->" not in text:
+            ap.error(f"--results: {a.results} has no <!-- suite:end --> marker to put the table before")
     settings = dict(QUICK) if a.quick else {"configs": [*CONFIGS, *SWEEP], "dtypes": list(DTYPES), "processes": 3,
                                              "repeats": 30, "min_time": 0.2}
     if a.configs:
