@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 import warnings
+
+from fastbp.benchmark import in_fresh_process
 
 DATASETS = ["digits", "breast_cancer", "diabetes", "classification_20000x50", "regression_20000x50"]
 SETTINGS = {
@@ -96,9 +96,7 @@ def worker(dataset, setting, contender):
 
 
 def run(dataset, setting, contender):
-    out = subprocess.run([sys.executable, __file__, "--worker", dataset, setting, contender], capture_output=True,
-                         text=True, check=True, env=dict(os.environ))
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return in_fresh_process([sys.executable, __file__, "--worker", dataset, setting, contender])
 
 
 def med(rows, key):

@@ -25,15 +25,15 @@ functions compiled in one cold and one warm run, and for how long (from Numba's
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
-import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
+
+from fastbp.benchmark import in_fresh_process
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -102,19 +102,17 @@ def _env(cache: str) -> dict:
 
 def _script(cache: str, dtype: str, events: bool, sizes: str = "64,128,10") -> dict:
     t = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", SCRIPT, dtype, "1" if events else "0", sizes], env=_env(cache),
-                         capture_output=True, text=True, check=True, cwd=tempfile.gettempdir())
+    r = in_fresh_process([sys.executable, "-c", SCRIPT, dtype, "1" if events else "0", sizes], env=_env(cache),
+                         cwd=tempfile.gettempdir())
     wall = time.perf_counter() - t
-    r = json.loads(out.stdout.strip().splitlines()[-1])
     r["wall"] = wall
     return r
 
 
 def _digits(cache: str, which: str) -> tuple[float, float]:
     t = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", DIGITS, which], env=_env(cache), capture_output=True, text=True,
-                         check=True, cwd=tempfile.gettempdir())
-    return time.perf_counter() - t, float(out.stdout.strip().splitlines()[-1])
+    accuracy = in_fresh_process([sys.executable, "-c", DIGITS, which], env=_env(cache), cwd=tempfile.gettempdir())
+    return time.perf_counter() - t, float(accuracy)
 
 
 def _fmt(values, unit="s") -> str:

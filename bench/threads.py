@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import subprocess
 import sys
 import threading
 import time
 
 import numpy as np
+
+from fastbp.benchmark import in_fresh_process
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -105,11 +106,9 @@ def main() -> int:
     for batch in args.batches:
         runs = []
         for _ in range(args.processes):
-            out = subprocess.run(
-                [sys.executable, __file__, "--child", str(batch), "--call", args.call, "--seconds", str(args.seconds)],
-                check=True, capture_output=True, text=True,
-            ).stdout
-            runs.append({int(k): v for k, v in json.loads(out.strip().splitlines()[-1]).items()})
+            out = in_fresh_process(
+                [sys.executable, __file__, "--child", str(batch), "--call", args.call, "--seconds", str(args.seconds)])
+            runs.append({int(k): v for k, v in out.items()})
 
         def fmt(values, digits=0):
             v = np.array(values)

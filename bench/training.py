@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 import warnings
 
 import numpy as np
+
+from fastbp.benchmark import in_fresh_process
 
 EPOCHS, BATCH, LR = 30, 32, 1e-3
 
@@ -99,9 +100,7 @@ def main() -> int:
         return 0
     res = {}
     for name in ("fastbp", "sklearn", "numpy"):
-        out = subprocess.run([sys.executable, __file__, "--contender", name, "--repeats", str(args.repeats)],
-                             check=True, capture_output=True, text=True).stdout
-        res[name] = json.loads(out.strip().splitlines()[-1])
+        res[name] = in_fresh_process([sys.executable, __file__, "--contender", name, "--repeats", str(args.repeats)])
     print("| contender | fit time (median) | test accuracy (median) | fastbp speed-up |")
     print("|---|---|---|---|")
     for name, label in (("fastbp", "fastbp `MLP.fit`"), ("sklearn", "scikit-learn `MLPClassifier.fit`"),

@@ -7,7 +7,9 @@ options); ``python -m fastbp bench --compare OLD.json NEW.json`` compares two ru
 
 from .configs import CONFIGS, SWEEP, problem, spec_of, step_flops
 from .contenders import CONTENDERS, NotInstalled, lean_numpy_step, make_step, median_time
-from .suite import compare, fingerprint, markdown, run
+from .suite import compare, fingerprint, in_fresh_process, markdown, run
 
-__all__ = ["CONFIGS", "CONTENDERS", "SWEEP", "NotInstalled", "compare", "fingerprint", "lean_numpy_step", "make_step",
-           "markdown", "median_time", "problem", "run", "spec_of", "step_flops"]
+__all__ = [
+    "CONFIGS", "CONTENDERS", "SWEEP", "NotInstalled", "compare", "fingerprint", "in_fresh_process",
+    "lean_numpy_step", "make_step", "markdown", "median_time", "problem", "run", "spec_of", "step_flops",
+]

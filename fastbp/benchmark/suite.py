@@ -35,7 +35,8 @@ import numpy as np
 from .configs import CONFIGS, SWEEP, problem, spec_of, step_flops
 from .contenders import CONTENDERS, NotInstalled, make_step, median_time, peak_flops
 
-__all__ = ["compare", "fingerprint", "main", "markdown", "run", "write_chart", "write_results_section"]
+__all__ = ["compare", "fingerprint", "in_fresh_process", "main", "markdown", "run", "write_chart",
+           "write_results_section"]
 
 DTYPES = ("float32", "float64")
 #: The contenders of a run unless told otherwise: every one but the oracle.
@@ -94,13 +95,27 @@ def _threads(kind: str) -> int:
     return os.cpu_count() or 1
 
 
+def in_fresh_process(args: list[str], env: dict | None = None, cwd=None, timeout: float | None = None):
+    """Run ``args`` (a command line) in a fresh process and return what its last line of output
+    holds as JSON; a failure raises a RuntimeError with the end of its error output.
+
+    The one harness of the suite and of the scripts in ``bench/``: a contender measured in a
+    process of its own, where no other thread pool spins.
+    """
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, args[:4]))} ... failed (exit status {proc.returncode}):\n"
+                           f"{proc.stderr[-3000:]}")
+    lines = proc.stdout.strip().splitlines()
+    if not lines:
+        raise RuntimeError(f"{' '.join(map(str, args[:4]))} ... printed nothing:\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
 def _spawn(kind: str, dtype_name: str, configs: list[str], repeats: int, min_time: float) -> dict:
     args = json.dumps({"kind": kind, "dtype_name": dtype_name, "configs": configs, "repeats": repeats,
                        "min_time": min_time})
-    proc = subprocess.run([sys.executable, "-m", "fastbp.benchmark.suite", args], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"the {kind} process ({dtype_name}) failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return in_fresh_process([sys.executable, "-m", "fastbp.benchmark.suite", args])
 
 
 # -- a run -------------------------------------------------------------------------------------
