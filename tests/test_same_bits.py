@@ -44,8 +44,10 @@ def _run(tmp_path, env_extra, *flags):
         return {k: f[k] for k in f.files}
 
 
-def _assert_same(got, here, serial_only=False):
-    assert sorted(got) == sorted(k for k in here if not (serial_only and k.endswith("-parallel")))
+def _assert_same(got, here, serial_only=False, fit_float32_only=False):
+    expected = [k for k in here if not (serial_only and k.endswith("-parallel"))
+                and not (fit_float32_only and k.startswith("float64") and k.endswith("-fit"))]
+    assert sorted(got) == sorted(expected)
     for k in got:
         np.testing.assert_array_equal(got[k], here[k], err_msg=k, strict=True)
 
@@ -65,4 +67,7 @@ def test_same_bits_for_any_thread_count(tmp_path, here, threads):
 @pytest.mark.parametrize("cpu", ["haswell", "x86-64-v2"])
 def test_same_bits_on_another_instruction_set(tmp_path, here, cpu):
     env = {"NUMBA_CPU_NAME": cpu, "NUMBA_CPU_FEATURES": "", "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
-    _assert_same(_run(tmp_path, env, "--serial-only"), here, serial_only=True)
+    # Compiling for another target takes most of this test: θ after fit in float32 only there (the
+    # epoch loop runs the kernels whose float64 results are compared), both dtypes above.
+    _assert_same(_run(tmp_path, env, "--serial-only", "--fit-float32-only"), here, serial_only=True,
+                 fit_float32_only=True)
