@@ -97,6 +97,8 @@ html_title = f"fastbp {release}"
 html_static_path: list[str] = []
 html_theme_options = {
     "navigation_with_keys": False,
+    "collapse_navigation": True,  # the sidebar shows the current branch only: a much faster build
+    "navigation_depth": 2,
     "show_toc_level": 2,
     "header_links_before_dropdown": 5,
     "secondary_sidebar_items": ["page-toc"],
