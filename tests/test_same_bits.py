@@ -29,9 +29,27 @@ from . import bits_case
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def here():
-    return bits_case.results()
+@pytest.fixture(scope="session")
+def here(request, tmp_path_factory):
+    """The results of this environment, computed once per test run: pytest-xdist's workers share
+    them through a file, since each would otherwise compile every kernel at the same time."""
+    worker = getattr(request.config, "workerinput", {}).get("workerid")
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: each worker computes its own
+        worker = None
+    if worker is None:
+        return bits_case.results()
+    shared = tmp_path_factory.getbasetemp().parent / "same_bits_here.npz"
+    with open(f"{shared}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the first worker computes; the other waits, then reads
+        try:
+            if not shared.exists():
+                np.savez(shared, **bits_case.results())
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    with np.load(shared) as f:
+        return {k: f[k] for k in f.files}
 
 
 def _run(tmp_path, env_extra, *flags):
