@@ -170,9 +170,9 @@ _FIT_OPTIONS = {
     "zero-weight-batch": dict(optimizer="adam", lr=0.05, shuffle=False, alpha=0.1,
                               sample_weight=np.r_[np.zeros(4), np.linspace(0.5, 1.5, 7)]),
 }
-# the simulator is slow: on cuda the case with the most options, and the zero-weight batch
-_FIT_CASES = [(b, k) for b in BACKENDS if b != "numpy" for k in _FIT_OPTIONS
-              if b == "cpu" or k in ("adam-clip-weights", "zero-weight-batch")]
+# the simulator is slow: on cuda the zero-weight batch (and, with --runslow, the case with the most options)
+_FIT_CASES = [(b, k) for b in BACKENDS if b != "numpy" for k in _FIT_OPTIONS if b == "cpu" or k == "zero-weight-batch"]
+_FIT_CASES += [pytest.param(b, "adam-clip-weights", marks=pytest.mark.slow) for b in BACKENDS if b == "cuda"]
 
 
 @pytest.mark.parametrize("backend,case", _FIT_CASES)

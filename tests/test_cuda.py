@@ -304,7 +304,7 @@ def test_mlp_cuda_accepts_device_arrays_without_copy(rng):
 
 
 # SGD and Adam against the NumPy reference on cuda: tests/test_backends.py (the simulator is slow)
-@pytest.mark.parametrize("optimizer", ["nesterov", "adamw"])
+@pytest.mark.parametrize("optimizer", [pytest.param("nesterov", marks=pytest.mark.slow), "adamw"])
 def test_mlp_cuda_fit_matches_cpu(optimizer, rng):
     dtype = np.float64
     sizes = [3, 6, 3]

@@ -86,6 +86,7 @@ def test_every_rank_ends_with_the_one_process_parameters(ranks, one_process, nam
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol, err_msg=key)
 
 
+@pytest.mark.slow  # two ranks on the CUDA simulator: run on a GPU with --runslow
 def test_cuda_backend_over_two_ranks(tmp_path):
     """One rank per GPU, the reduction staged through the host: on the CUDA simulator (where no
     GPU is present), two ranks give the cpu backend's one-process parameters."""
