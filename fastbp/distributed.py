@@ -51,6 +51,16 @@ def mpi_info() -> str:
     return f"mpi4py {mpi4py.__version__}, {lib}, MPI {'.'.join(map(str, MPI.Get_version()))}"
 
 
+def _y_name(x_name: str) -> str:
+    """The name of the targets that go with the samples named ``x_name`` (in error messages)."""
+    return {"x": "y", "validation_data[0]": "validation_data[1]"}.get(x_name, "y")
+
+
+def _weight_total(x, sw) -> float:
+    """This process's weight total: its rows, or the sum of their sample weights."""
+    return float(x.shape[0]) if sw is None else float(np.sum(sw, dtype=np.float64))
+
+
 def group_of(comm) -> Group | LocalGroup:
     """The group ``fit`` trains over: the ranks of ``comm``, or this process alone (None)."""
     return LocalGroup() if comm is None else Group(comm)
@@ -89,8 +99,7 @@ class LocalGroup:
     def check_data(self, backend, x, y, sample_weight, name: str = "x"):
         """(x, y, sample_weight, None) checked by the backend, in its own form."""
         xa, _ = backend.check_x(x, name)
-        yname = "y" if name == "x" else "validation_data[1]"
-        ya = backend.check_y(y, xa.shape[0], yname)
+        ya = backend.check_y(y, xa.shape[0], _y_name(name))
         return xa, ya, backend.check_sample_weight(sample_weight, xa.shape[0]), None
 
     def agree_on_fit(self, backend, a, settings: dict):
@@ -114,10 +123,10 @@ class LocalGroup:
         return backend.evaluate(params, x, y)
 
     def weight_total(self, x, sw) -> float:
-        return float(x.shape[0]) if sw is None else float(np.sum(sw, dtype=np.float64))
+        return _weight_total(x, sw)
 
     def loss_and_grad_sum(self, backend, params, x, y, sw, grad) -> tuple[float, float]:
-        return backend.loss_and_grad(params, x, y, sw, grad), self.weight_total(x, sw)
+        return backend.loss_and_grad(params, x, y, sw, grad), _weight_total(x, sw)
 
 
 class Group:
@@ -217,7 +226,7 @@ class Group:
 
     def weight_total(self, x, sw) -> float:
         """The weight total (rows, or the sum of the sample weights) of every rank's shard."""
-        buf = np.array([float(x.shape[0]) if sw is None else float(np.sum(sw, dtype=np.float64))])
+        buf = np.array([_weight_total(x, sw)])
         self.sum_in_place(buf)
         return float(buf[0])
 
@@ -243,8 +252,7 @@ def check_shard(backend, x, y, sample_weight, name: str = "x") -> tuple[Any, Any
     shard of no samples is allowed (shape (0, n0)).  ``kind`` is "labels", "targets" or None
     (an empty shard: the other ranks decide), so the ranks can agree on it."""
     spec = backend.spec
-    ynames = {"x": "y", "validation_data[0]": "validation_data[1]"}
-    yname = ynames.get(name, "y")
+    yname = _y_name(name)
     arr = V.as_array(name, x)
     if arr.ndim == 2 and arr.shape[0] == 0:
         if arr.shape[1] != spec.n_inputs:
@@ -463,7 +471,7 @@ def loss_and_grad_sum(group: Group, backend, params, x, y, sw, grad) -> tuple[fl
     P = params.shape[0]
     buf = np.zeros(P + 2)
     n = x.shape[0]
-    wl = float(n) if sw is None else float(np.sum(sw, dtype=np.float64))
+    wl = _weight_total(x, sw)
     if n and wl > 0:
         c = backend.loss_and_grad(params, *to_backend(backend, x, y, sw), grad)
         buf[:P] = grad.astype(np.float64) * wl
